@@ -1,0 +1,83 @@
+// Command ferry carries virtual-machine disk images into KubeVirt: it
+// fetches, converts to RAW, verifies and uploads them. This package only
+// turns flags into library calls, renders progress and sets exit codes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hikube/ferry/converter/format"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitBadImage    = 3 // corrupt, unsupported or unsafe image
+	exitInterrupted = 130
+)
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
+		return exitUsage
+	case ctx.Err() != nil:
+		fmt.Fprintln(os.Stderr, "ferry: interrupted; partial output removed")
+		return exitInterrupted
+	case errors.Is(err, format.ErrCorrupt), errors.Is(err, format.ErrUnsupported),
+		errors.Is(err, format.ErrUnsafeReference), errors.Is(err, format.ErrReferenceLoop):
+		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
+		return exitBadImage
+	default:
+		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
+		return exitFailure
+	}
+}
+
+type usageError struct{ error }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ferry",
+		Short:         "Carry VM disk images into KubeVirt: fetch, convert to RAW, verify, upload",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newConvertCmd(), newInspectCmd())
+	return root
+}
+
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s: expects %d argument(s), got %d (see --help)", cmd.Name(), n, len(args))}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,8 @@
+package raw
+
+import (
+	"errors"
+	"syscall"
+)
+
+func isENXIO(err error) bool { return errors.Is(err, syscall.ENXIO) }
