@@ -1,0 +1,5 @@
+//go:build !linux
+
+package vhd
+
+func isENXIO(err error) bool { return false }
