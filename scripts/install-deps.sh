@@ -29,7 +29,14 @@ missing=()
 for c in "${!pkgs[@]}"; do
 	command -v "$c" >/dev/null 2>&1 || missing+=("${pkgs[$c]}")
 done
-# nbdkit's curl plugin is in the nbdkit package on Debian 12.
+# Real images the tests convert (design notes section 5).
+declare -A files=(
+	[/usr/lib/ipxe/ipxe.iso]=ipxe
+	[/usr/lib/grub-rescue/grub-rescue-cdrom.iso]=grub-rescue-pc
+)
+for f in "${!files[@]}"; do
+	[ -e "$f" ] || missing+=("${files[$f]}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -112,10 +112,10 @@ type Image struct {
 	// Last unallocated run found by Extent: with a backing file each call
 	// may return a piece shorter than the run, and rescanning the run every
 	// time would be quadratic.
-	runMu              sync.Mutex
-	runStart, runEnd   int64
-	closeOnce          sync.Once
-	closeErr           error
+	runMu            sync.Mutex
+	runStart, runEnd int64
+	closeOnce        sync.Once
+	closeErr         error
 }
 
 var (
@@ -535,8 +535,8 @@ func (img *Image) Info() format.Info {
 	if len(img.features) > 0 {
 		d["feature_names"] = img.features
 	}
-	var st allocStats
-	if err := img.walk(0, img.size, &st); err != nil {
+	st, err := img.allocation()
+	if err != nil {
 		d["allocation_error"] = err.Error()
 	}
 	info.AllocatedBytes = st.allocated
@@ -550,6 +550,37 @@ func (img *Image) Info() format.Info {
 		info.BackingInfo = &bi
 	}
 	return info
+}
+
+// allocation counts the bytes stored in this image. An L2 table named by
+// several L1 entries is scanned once, so the work is bounded by the file
+// size, not by what a hostile L1 table claims.
+func (img *Image) allocation() (allocStats, error) {
+	var total allocStats
+	memo := make(map[uint64]allocStats)
+	span := int64(1) << img.l1Shift
+	for i, e := range img.l1 {
+		l2 := e & l1OffsetMask
+		if l2 == 0 {
+			continue
+		}
+		vs := int64(i) << img.l1Shift
+		ve := min(img.size, vs+span)
+		full := ve-vs == span
+		st, ok := memo[l2]
+		if !ok || !full {
+			st = allocStats{}
+			if err := img.walk(vs, ve, &st); err != nil {
+				return total, err
+			}
+			if full {
+				memo[l2] = st
+			}
+		}
+		total.allocated += st.allocated
+		total.compressed += st.compressed
+	}
+	return total, nil
 }
 
 // allocStats counts the virtual bytes backed by data in this image.

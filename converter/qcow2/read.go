@@ -161,11 +161,17 @@ func (img *Image) walkExt(e, bm uint64, pos, cEnd int64, l2off uint64, idx int64
 	return true, nil
 }
 
+// maxExtentVisits bounds the runs one Extent call merges (a few ms): a
+// hostile image can map petabytes through one reused L2 table, and a shorter
+// extent is always allowed.
+const maxExtentVisits = 1 << 20
+
 // extentVisitor collects the first run and extends it while the kind stays
 // the same.
 type extentVisitor struct {
 	k      kind
 	s, e   int64
+	n      int
 	seeded bool
 }
 
@@ -174,7 +180,8 @@ func (x *extentVisitor) visit(k kind, vs, ve int64, _ uint64) bool {
 		x.k, x.s, x.e, x.seeded = k, vs, ve, true
 		return true
 	}
-	if k != x.k || vs != x.e {
+	x.n++
+	if k != x.k || vs != x.e || x.n > maxExtentVisits {
 		return false
 	}
 	x.e = ve

@@ -83,7 +83,7 @@ func (s vhdSpec) footer() []byte {
 func (s vhdSpec) build() []byte {
 	be := binary.BigEndian
 	bs := int64(s.blockSize)
-	bmSize := roundUp(bs/(8*512), 512)
+	bmSize := bitmapBytes(bs, s.diskType == diskDifferencing)
 	entries := int64(s.maxEntries)
 	if entries == 0 {
 		entries = (int64(s.currentSize) + bs - 1) / bs

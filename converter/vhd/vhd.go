@@ -276,7 +276,7 @@ func (img *Image) openDynamic() ([]byte, error) {
 		return nil, format.Corruptf("vpc: block size %d is not a power of two of at least 512", bs)
 	}
 	img.blockSize = int64(bs)
-	img.bitmapSize = int64((bs/(8*sectorSize) + 511) &^ 511)
+	img.bitmapSize = bitmapBytes(img.blockSize, img.ft.diskType == diskDifferencing)
 
 	need := uint64(img.size+img.blockSize-1) / bs
 	if entries*bs < uint64(img.size) {
@@ -316,6 +316,19 @@ func (img *Image) openDynamic() ([]byte, error) {
 		i += n
 	}
 	return hdr, nil
+}
+
+// bitmapBytes is the size of the sector bitmap before each block's data.
+// For dynamic images it is qemu's formula, which truncates to 0 for blocks
+// under 4 KiB: qemu then reads data right at the BAT offset, and so do we.
+// Differencing images use the bitmap, so they get the specification's
+// size: one bit per sector, rounded up to a sector.
+func bitmapBytes(blockSize int64, differencing bool) int64 {
+	if differencing {
+		bits := blockSize / sectorSize
+		return ((bits+7)/8 + sectorSize - 1) / sectorSize * sectorSize
+	}
+	return (blockSize/(8*sectorSize) + 511) &^ 511
 }
 
 // Size is the virtual size in bytes.

@@ -51,8 +51,10 @@ func roundUp(n, m int64) int64 { return (n + m - 1) / m * m }
 func putHeader(b []byte, seq uint64, logGUID guid, logLength uint32, logOffset uint64) {
 	copy(b, "head")
 	binary.LittleEndian.PutUint64(b[8:], seq)
-	copy(b[16:], mkGUID(0x11111111, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)[:])
-	copy(b[32:], mkGUID(0x22222222, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)[:])
+	fw := mkGUID(0x11111111, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	copy(b[16:], fw[:])
+	dw := mkGUID(0x22222222, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+	copy(b[32:], dw[:])
 	copy(b[48:], logGUID[:])
 	binary.LittleEndian.PutUint16(b[66:], 1)
 	binary.LittleEndian.PutUint32(b[68:], logLength)
@@ -128,10 +130,11 @@ func (bd *builder) build() (map[int64][]byte, int64) {
 	}
 	le32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
 	le64 := func(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+	p83 := mkGUID(0x83838383, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 	items := []item{
 		{fileParamsGUID, 4, append(le32(bd.blockSize), le32(bd.flags)...)},
 		{virtualSizeGUID, 6, le64(uint64(bd.vsize))},
-		{page83GUID, 6, mkGUID(0x83838383, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)[:]},
+		{page83GUID, 6, p83[:]},
 		{logicalSectGUID, 6, le32(uint32(logical))},
 		{physicalSectGUID, 6, le32(bd.physical)},
 	}

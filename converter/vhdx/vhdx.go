@@ -143,6 +143,7 @@ type Image struct {
 	fileSize int64
 
 	size       int64 // virtual disk size
+	rawSize    int64 // virtual disk size as written, before rounding down to a sector
 	blockSize  int64
 	blockBits  uint
 	chunkRatio int64
@@ -513,10 +514,11 @@ func (img *Image) parseMetadata(meta region) error {
 	if vs > MaxVirtualSize || vs > uint64(format.MaxVirtualSize) {
 		return format.Corruptf("vhdx: virtual disk size %d exceeds the VHDX limit of 64 TiB", vs)
 	}
-	if vs%uint64(img.logical) != 0 {
-		return format.Corruptf("vhdx: virtual disk size %d is not a multiple of the %d-byte logical sector", vs, img.logical)
-	}
-	img.size = int64(vs)
+	// The spec wants a multiple of the logical sector; qemu drops a partial
+	// last sector (it counts whole sectors), and so do we. The BAT still
+	// covers the size as written.
+	img.rawSize = int64(vs)
+	img.size = int64(vs - vs%uint64(img.logical))
 	img.chunkRatio = sectorsPerChunk * int64(img.logical) / img.blockSize
 	return nil
 }
@@ -525,7 +527,7 @@ func (img *Image) parseMetadata(meta region) error {
 // FULLY_PRESENT block must lie inside the file and clear of the header
 // section, the log and the regions.
 func (img *Image) loadBAT(r region, spans []span) error {
-	nBlocks := (img.size + img.blockSize - 1) >> img.blockBits
+	nBlocks := (img.rawSize + img.blockSize - 1) >> img.blockBits
 	// Non-differencing images have a sector bitmap entry after every
 	// chunkRatio payload entries, except after the last payload entry.
 	var nEntries int64
@@ -573,7 +575,7 @@ func (img *Image) setEntry(blk int64, e uint64, spans []span) error {
 		return format.Corruptf("vhdx: block %d has invalid BAT state %d", blk, state)
 	}
 	off := e &^ (miB - 1)
-	valid := min(img.blockSize, img.size-blk*img.blockSize)
+	valid := max(0, min(img.blockSize, img.size-blk*img.blockSize))
 	if off < headerSectionSize || off >= uint64(img.fileSize) || uint64(valid) > uint64(img.fileSize)-off {
 		return format.Corruptf("vhdx: block %d at file offset %d (+%d bytes) is outside the file (%d bytes) or in its header section: truncated image?",
 			blk, off, valid, img.fileSize)

@@ -1,0 +1,88 @@
+package qcow2
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/hikube/ferry/converter/format"
+)
+
+// FuzzOpen: no input may panic or hang Open, ReadAt, Extent or Info.
+func FuzzOpen(f *testing.F) {
+	f.Add(minimalImage())
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		dir := f.TempDir()
+		raw := filepath.Join(dir, "a.raw")
+		data := bytes.Repeat([]byte("ferry fuzz seed "), 4096) // 64 KiB
+		if err := os.WriteFile(raw, data[:48<<10], 0o644); err == nil {
+			seeds := [][]string{
+				{"-o", "cluster_size=512"},
+				{"-o", "cluster_size=512,compat=0.10"},
+				{"-c", "-o", "cluster_size=512"},
+				{"-c", "-o", "cluster_size=1024,compression_type=zstd"},
+				{"-o", "cluster_size=16k,extended_l2=on"},
+			}
+			for i, s := range seeds {
+				out := filepath.Join(dir, "seed.qcow2")
+				args := append(append([]string{"convert", "-f", "raw", "-O", "qcow2"}, s...), raw, out)
+				if exec.Command("qemu-img", args...).Run() != nil {
+					continue
+				}
+				if i == 4 {
+					exec.Command("qemu-io", "-f", "qcow2", "-c", "write -z 1k 2k", "-c", "discard 20k 1k", out).Run()
+				}
+				if b, err := os.ReadFile(out); err == nil {
+					f.Add(b)
+				}
+				os.Remove(out)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		img, err := Open(&memFile{bytes.NewReader(data), "fuzz.qcow2"}, format.Options{})
+		if err != nil {
+			return
+		}
+		defer img.Close()
+		size := img.Size()
+		if size < 0 {
+			t.Fatalf("negative size %d", size)
+		}
+		_ = img.Info()
+		if size > 64<<20 {
+			// Only probe the map: reading petabytes proves nothing.
+			for off, i := int64(0), 0; off < size && i < 16; i++ {
+				e, err := img.Extent(off, size-off)
+				if err != nil {
+					break
+				}
+				off += e.Length
+			}
+			return
+		}
+		buf := make([]byte, 1<<20+123)
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			n, err := img.ReadAt(buf, off)
+			if err != nil && err != io.EOF {
+				break
+			}
+			if want := min(int64(len(buf)), size-off); int64(n) != want {
+				t.Fatalf("ReadAt at %d = %d bytes, want %d", off, n, want)
+			}
+		}
+		for off := int64(0); off < size; {
+			e, err := img.Extent(off, size-off)
+			if err != nil {
+				break
+			}
+			if e.Start != off || e.Length <= 0 || e.Length > size-off {
+				t.Fatalf("Extent(%d) = %+v", off, e)
+			}
+			off += e.Length
+		}
+	})
+}

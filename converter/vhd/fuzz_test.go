@@ -1,0 +1,108 @@
+package vhd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/hikube/ferry/converter/format"
+)
+
+// fuzzSeeds are small images of every kind: hand-built ones (dynamic with
+// tiny blocks, differencing with locators) and, when qemu-img is there,
+// images it creates.
+func fuzzSeeds(t testing.TB) [][]byte {
+	var seeds [][]byte
+	blk := func(bs int, diff bool, fill byte) blockSpec {
+		bm := make([]byte, bitmapBytes(int64(bs), diff))
+		setBits(bm, 0, min(1, len(bm)))
+		return blockSpec{bitmap: bm, data: bytes.Repeat([]byte{fill}, bs)}
+	}
+	seeds = append(seeds,
+		vhdSpec{diskType: diskDynamic, currentSize: 8 * 512, blockSize: 512,
+			blocks: map[int64]blockSpec{0: blk(512, false, 1), 3: blk(512, false, 2)}}.build(),
+		vhdSpec{diskType: diskDynamic, creator: "vpc ", cyls: 1, heads: 4, secs: 17, currentSize: 68 * 512, blockSize: 4096,
+			blocks: map[int64]blockSpec{1: blk(4096, false, 3)}}.build(),
+		vhdSpec{diskType: diskDifferencing, currentSize: 16 * 512, blockSize: 1024, parentName: "p.vhd",
+			locators: []locSpec{{platW2ru, utf16le(`.\p.vhd`)}, {platW2ku, utf16le(`C:\p.vhd`)}, {platMacX, []byte("file:///p.vhd")}},
+			blocks:   map[int64]blockSpec{2: blk(1024, true, 4)}}.build(),
+	)
+	// A fixed image: 4 KiB of data and a footer.
+	ft := vhdSpec{diskType: diskFixed, currentSize: 4096}.footer()
+	binary.BigEndian.PutUint64(ft[16:], ^uint64(0))
+	binary.BigEndian.PutUint32(ft[64:], checksum(ft, 64))
+	seeds = append(seeds, append(bytes.Repeat([]byte{5}, 4096), ft...))
+
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		dir := t.TempDir()
+		for _, args := range [][]string{
+			{"-o", "subformat=dynamic", "1M"},
+			{"-o", "subformat=dynamic,force_size=on", "3000000"},
+			{"-o", "subformat=fixed,force_size=on", "8K"},
+		} {
+			p := filepath.Join(dir, "s.vhd")
+			a := append([]string{"create", "-q", "-f", "vpc"}, args[:len(args)-1]...)
+			a = append(a, p, args[len(args)-1])
+			if exec.Command("qemu-img", a...).Run() == nil {
+				if d, err := os.ReadFile(p); err == nil && len(d) < 100<<10 {
+					seeds = append(seeds, d)
+				}
+			}
+		}
+	}
+	return seeds
+}
+
+func FuzzOpen(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		mf := memFile{bytes.NewReader(data), "/fuzz/image.vhd"}
+		Probe(mf, mf.Size())
+		img, err := Open(mf, format.Options{})
+		if err != nil {
+			return
+		}
+		defer img.Close()
+		img.Info()
+		size := img.Size()
+		if size < 0 {
+			t.Fatalf("negative size %d", size)
+		}
+		if size > 64<<20 {
+			// Map it, read its ends.
+			if _, err := img.Extent(0, size); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1<<20)
+			img.ReadAt(b, 0)
+			img.ReadAt(b, size-int64(len(b)))
+			return
+		}
+		buf := make([]byte, 1<<20+512)
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			n, err := img.ReadAt(buf, off)
+			if err != nil && err != io.EOF {
+				t.Fatalf("ReadAt(%d): %v", off, err)
+			}
+			if want := min(int64(len(buf)), size-off); int64(n) != want {
+				t.Fatalf("ReadAt(%d) = %d bytes, want %d", off, n, want)
+			}
+		}
+		for off := int64(0); off < size; {
+			e, err := img.Extent(off, size-off)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Start != off || e.Length <= 0 || e.Length > size-off {
+				t.Fatalf("Extent(%d) = %+v", off, e)
+			}
+			off += e.Length
+		}
+	})
+}
