@@ -49,7 +49,8 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "ferry: interrupted; partial output removed")
 		return exitInterrupted
 	case errors.Is(err, format.ErrCorrupt), errors.Is(err, format.ErrUnsupported),
-		errors.Is(err, format.ErrUnsafeReference), errors.Is(err, format.ErrReferenceLoop):
+		errors.Is(err, format.ErrUnsafeReference), errors.Is(err, format.ErrReferenceLoop),
+		errors.Is(err, format.ErrWrongType):
 		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
 		return exitBadImage
 	default:

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hikube/ferry/internal/testutil"
+)
+
+var ferryBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ferry-cli")
+	if err != nil {
+		panic(err)
+	}
+	ferryBin = filepath.Join(dir, "ferry")
+	if out, err := exec.Command("go", "build", "-o", ferryBin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func ferry(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(ferryBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func fixture(t *testing.T, dir string, fmtArgs ...string) string {
+	t.Helper()
+	base := filepath.Join(dir, "base.raw")
+	testutil.Pattern(t, base, 20<<20+4096, 3)
+	img := filepath.Join(dir, "disk.img")
+	testutil.QemuImg(t, append(append([]string{"convert", "-q", "-f", "raw"}, fmtArgs...), base, img)...)
+	os.Remove(base)
+	return img
+}
+
+func TestConvertJSONReport(t *testing.T) {
+	dir := t.TempDir()
+	img := fixture(t, dir, "-O", "qcow2", "-c")
+	want, size := testutil.ReferenceSHA256(t, img, "qcow2")
+	dst := filepath.Join(dir, "out.raw")
+	r := ferry(t, nil, "convert", img, dst, "--output", "json")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var rep map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%s", err, r.stdout)
+	}
+	for _, k := range []string{"format", "virtual_size", "allocated_bytes", "bytes_written", "raw_sha256", "duration_seconds"} {
+		if _, ok := rep[k]; !ok {
+			t.Errorf("report lacks %q", k)
+		}
+	}
+	if rep["format"] != "qcow2" || rep["raw_sha256"] != want || int64(rep["virtual_size"].(float64)) != size {
+		t.Fatalf("report %v, want qcow2 %d bytes sha256 %s", rep, size, want)
+	}
+	if got, _ := testutil.SHA256File(t, dst); got != want {
+		t.Fatal("written file differs from qemu-img's RAW")
+	}
+}
+
+func TestConvertToStdout(t *testing.T) {
+	dir := t.TempDir()
+	img := fixture(t, dir, "-O", "vmdk", "-o", "subformat=streamOptimized")
+	want, _ := testutil.ReferenceSHA256(t, img, "vmdk")
+	cmd := exec.Command(ferryBin, "convert", "-q", img, "-")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "stdout.raw")
+	os.WriteFile(p, out, 0o644)
+	if got, _ := testutil.SHA256File(t, p); got != want {
+		t.Fatal("stdout stream differs from qemu-img's RAW")
+	}
+}
+
+func TestInspect(t *testing.T) {
+	dir := t.TempDir()
+	img := fixture(t, dir, "-O", "qcow2", "-o", "cluster_size=128k")
+	r := ferry(t, nil, "inspect", img, "--output", "json")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	var info map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info["format"] != "qcow2" || info["cluster_size"].(float64) != 128<<10 || info["virtual_size"].(float64) != 20<<20+4096 {
+		t.Fatalf("inspect = %v", info)
+	}
+	r = ferry(t, nil, "inspect", img)
+	if r.code != 0 || !strings.Contains(r.stdout, "file format:       qcow2") {
+		t.Fatalf("text inspect: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestFailuresLeaveNothing(t *testing.T) {
+	dir := t.TempDir()
+	good := fixture(t, dir, "-O", "qcow2")
+	st, _ := os.Stat(good)
+	trunc := testutil.Truncated(t, good, st.Size()/2)
+	outside := t.TempDir()
+	testutil.QemuImg(t, "create", "-q", "-f", "raw", filepath.Join(outside, "secret.raw"), "1M")
+	unsafe := filepath.Join(dir, "unsafe.qcow2")
+	testutil.QemuImg(t, "create", "-q", "-f", "qcow2", "-u", "-b", filepath.Join(outside, "secret.raw"), "-F", "raw", unsafe, "1M")
+
+	cases := []struct {
+		name     string
+		args     []string
+		code     int
+		contains string
+	}{
+		{"truncated", []string{"convert", trunc, "OUT"}, exitBadImage, "convert"},
+		{"unsafe-backing", []string{"convert", unsafe, "OUT"}, exitBadImage, "unsafe file reference"},
+		{"missing-source", []string{"convert", filepath.Join(dir, "nope.qcow2"), "OUT"}, exitFailure, "no such file"},
+		{"usage", []string{"convert", good}, exitUsage, "expects 2 argument"},
+		{"bad-flag", []string{"convert", "--bogus", good, "OUT"}, exitUsage, "unknown flag"},
+		{"bad-format", []string{"convert", "-f", "qed", good, "OUT"}, exitUsage, "unknown format"},
+		{"wrong-format", []string{"convert", "-f", "vmdk", good, "OUT"}, exitBadImage, "vmdk"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := t.TempDir()
+			args := append([]string(nil), c.args...)
+			for i, a := range args {
+				if a == "OUT" {
+					args[i] = filepath.Join(out, "out.raw")
+				}
+			}
+			r := ferry(t, nil, args...)
+			if r.code != c.code {
+				t.Fatalf("exit %d, want %d; stderr: %s", r.code, c.code, r.stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "ferry: ") || !strings.Contains(lines[0], c.contains) {
+				t.Fatalf("stderr should be one line naming the cause (%q): %q", c.contains, r.stderr)
+			}
+			if entries, _ := os.ReadDir(out); len(entries) != 0 {
+				t.Fatalf("failed conversion left %v", entries)
+			}
+		})
+	}
+}
+
+func TestProgressLines(t *testing.T) {
+	dir := t.TempDir()
+	img := fixture(t, dir, "-O", "qcow2", "-c")
+	// Not a terminal: plain lines at the interval; quiet: nothing.
+	r := ferry(t, []string{"FERRY_PROGRESS_INTERVAL=1ms"}, "convert", "--workers", "1", "--digest", img, filepath.Join(dir, "a.raw"))
+	if r.code != 0 || !strings.Contains(r.stderr, "convert: ") || strings.Contains(r.stderr, "\r") {
+		t.Fatalf("progress lines missing or not plain: %q", r.stderr)
+	}
+	r = ferry(t, []string{"FERRY_PROGRESS_INTERVAL=1ms"}, "convert", "-q", img, filepath.Join(dir, "b.raw"))
+	if r.code != 0 || r.stderr != "" || r.stdout != "" {
+		t.Fatalf("--quiet printed: %q %q", r.stdout, r.stderr)
+	}
+}
