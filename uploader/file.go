@@ -52,6 +52,7 @@ func CreateFile(path string, size int64, o FileOptions) (*File, error) {
 			f.Close()
 			return nil, err
 		}
+		t.size = devSize
 		if devSize < size {
 			f.Close()
 			return nil, fmt.Errorf("block device %s holds %d bytes, image needs %d", path, devSize, size)
@@ -83,6 +84,19 @@ func CreateFile(path string, size int64, o FileOptions) (*File, error) {
 		}
 	}
 	return t, nil
+}
+
+// SetSize sets the image size once a stream reveals it: a file is
+// truncated to it (the tail stays a hole); a device must be large enough.
+func (t *File) SetSize(n int64) error {
+	if t.device {
+		if n > t.size {
+			return fmt.Errorf("image of %d bytes does not fit block device %s (%d bytes)", n, t.path, t.size)
+		}
+		return nil
+	}
+	t.size = n
+	return t.f.Truncate(n)
 }
 
 // IsDevice reports whether the target is a block device (holes must be
