@@ -74,27 +74,27 @@ var (
 )
 
 // DecodeZstd decompresses one zstd frame (qcow2 compression_type=zstd) into
-// dst. The shared decoder's DecodeAll is safe for concurrent use.
+// dst and returns the bytes written. qemu packs compressed clusters back to
+// back, so src (rounded to sectors) may hold the start of the next frame:
+// only the first frame is decoded. The shared decoder's DecodeAll is safe
+// for concurrent use.
 func DecodeZstd(dst, src []byte) (int, error) {
 	zstdOnce.Do(func() {
 		zstdDec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(false),
 			// A cluster is at most 2 MiB: refuse frames claiming more.
 			zstd.WithDecoderMaxMemory(16<<20), zstd.WithDecoderMaxWindow(16<<20))
 	})
-	out, err := zstdDec.DecodeAll(src, dst[:0])
-	if err != nil {
-		// qcow2 pads compressed clusters to sector boundaries; the padding
-		// is not a frame. Retry with only the first frame.
-		if n := firstZstdFrame(src); n > 0 && n < len(src) {
-			out, err = zstdDec.DecodeAll(src[:n], dst[:0])
-		}
+	if n := firstZstdFrame(src); n > 0 {
+		src = src[:n]
 	}
+	// Capacity == length: a frame larger than dst makes DecodeAll
+	// allocate instead of writing past dst into the caller's buffer.
+	out, err := zstdDec.DecodeAll(src, dst[:0:len(dst)])
 	if err != nil {
 		return 0, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 	}
 	if len(out) > len(dst) || (len(out) > 0 && &out[0] != &dst[0]) {
-		// Grew beyond dst: the cluster decompresses to more than it may.
-		return 0, fmt.Errorf("%w: zstd cluster decompresses to more than %d bytes", ErrCorrupt, len(dst))
+		return 0, fmt.Errorf("%w: zstd frame decompresses to more than %d bytes", ErrCorrupt, len(dst))
 	}
 	return len(out), nil
 }

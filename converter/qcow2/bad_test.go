@@ -132,9 +132,16 @@ func TestBadImages(t *testing.T) {
 			patch(t, p, 4, 4, 4)
 			return p
 		}, format.ErrUnsupported, false},
-		{"encryption-luks", func(t *testing.T, dir string) string {
-			return create(t, filepath.Join(dir, "a.qcow2"), "encrypt.format=luks,encrypt.key-secret=sec0", "1M",
+		{"encryption-qemu-aes", func(t *testing.T, dir string) string {
+			// qemu-img cannot make LUKS images here (its PBKDF timing fails
+			// on this VM); old-style AES goes through the same refusal.
+			return create(t, filepath.Join(dir, "a.qcow2"), "encrypt.format=aes,encrypt.key-secret=sec0", "1M",
 				"--object", "secret,id=sec0,data=123456")
+		}, format.ErrUnsupported, false},
+		{"encryption-luks-method", func(t *testing.T, dir string) string {
+			p := good(t, dir)
+			patch(t, p, 32, 2, 4)
+			return p
 		}, format.ErrUnsupported, false},
 		{"encryption-aes", func(t *testing.T, dir string) string {
 			p := good(t, dir)

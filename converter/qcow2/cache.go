@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hikube/ferry/converter/format"
 )
@@ -17,7 +18,8 @@ type l2Cache struct {
 	limit int64
 	used  int64
 	m     map[uint64]*list.Element
-	lru   list.List // of *l2Table, most recent first
+	lru   list.List    // of *l2Table, most recent first
+	loads atomic.Int64 // tables read from the file (tests check "once")
 }
 
 type l2Table struct {
@@ -55,6 +57,7 @@ func (img *Image) table(off uint64) ([]uint64, error) {
 	}
 	c.mu.Unlock()
 
+	c.loads.Add(1)
 	t.ents, t.err = img.loadTable(off)
 	close(t.ready)
 	if t.err != nil {

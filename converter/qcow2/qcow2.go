@@ -68,7 +68,8 @@ const (
 
 	// l2CacheBytes bounds the L2 table cache: 32 MiB maps 256 GiB of a
 	// 64 KiB-cluster image, so sequential conversion reads each table once.
-	l2CacheBytes = 32 << 20
+	l2CacheBytes        = 32 << 20
+	l2CacheBytesBacking = 8 << 20
 )
 
 // Image is an open qcow2 image. ReadAt and Extent are safe for concurrent
@@ -145,6 +146,12 @@ func Open(f format.File, opts format.Options) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qcow2 %s: %w", f.Name(), err)
 	}
+	// Backing images get a smaller cache so a long chain stays bounded.
+	budget := int64(l2CacheBytes)
+	if opts.Depth > 0 {
+		budget = l2CacheBytesBacking
+	}
+	img.cache = newL2Cache(budget)
 	if err := img.openBacking(opts); err != nil {
 		return nil, fmt.Errorf("qcow2 %s: %w", f.Name(), err)
 	}
@@ -309,7 +316,6 @@ func parse(f format.File) (*Image, error) {
 	if err := img.readL1(); err != nil {
 		return nil, err
 	}
-	img.cache = newL2Cache(l2CacheBytes)
 	cs := img.clusterSize
 	img.scratch.New = func() any { b := make([]byte, cs); return &b }
 	return img, nil

@@ -8,6 +8,11 @@ import (
 	"github.com/hikube/ferry/converter/format"
 )
 
+var (
+	_ format.Image     = (*Image)(nil)
+	_ format.Inspector = (*Image)(nil)
+)
+
 // ReadAt reads the virtual disk. Runs of FULLY_PRESENT blocks that follow
 // each other in the file are read with one call on the file.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {

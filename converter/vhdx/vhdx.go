@@ -12,6 +12,12 @@
 // replayed is refused (qemu-img convert refuses it too, since it opens the
 // source read-only), and differencing images are refused (qemu 7.2 does not
 // read them either).
+//
+// Where qemu 7.2 and the spec part, on purpose: images with 4 KiB logical
+// sectors are read per the spec (qemu refuses them); a damaged first region
+// table falls back to the second copy (qemu refuses); a BAT region past the
+// end of the file or a FULLY_PRESENT block at offset 0 is refused as
+// corrupt (qemu reads zeros, or the file's own header, as disk data).
 package vhdx
 
 import (
@@ -194,6 +200,15 @@ func (img *Image) readAt(p []byte, off int64, what string) error {
 }
 
 func (img *Image) open() error {
+	var sig [8]byte
+	if img.fileSize >= 8 {
+		if err := img.readAt(sig[:], 0, "signature"); err != nil {
+			return err
+		}
+	}
+	if string(sig[:]) != "vhdxfile" {
+		return fmt.Errorf("%w: no \"vhdxfile\" signature at offset 0", format.ErrWrongType)
+	}
 	// The header section must be there in full up to the second region
 	// table; regions start at 1 MiB at the earliest.
 	if img.fileSize < region2Offset+regionTableSize {
@@ -203,9 +218,6 @@ func (img *Image) open() error {
 	var id [520]byte
 	if err := img.readAt(id[:], 0, "file identifier"); err != nil {
 		return err
-	}
-	if string(id[:8]) != "vhdxfile" {
-		return fmt.Errorf("%w: no \"vhdxfile\" signature at offset 0", format.ErrWrongType)
 	}
 	img.creator = utf16String(id[8:])
 
@@ -336,7 +348,7 @@ func (img *Image) parseRegionTable(logSpan span) (bat, meta region, spans []span
 		case metadataGUID:
 			name = "metadata region"
 		}
-		if r.offset%miB != 0 || r.offset < headerSectionSize {
+		if r.offset%miB != 0 || r.offset < headerSectionSize || r.offset > uint64(format.MaxVirtualSize) {
 			return bat, meta, nil, format.Corruptf("vhdx: %s offset %d is not a 1 MiB multiple past the header section", name, r.offset)
 		}
 		if r.length == 0 || r.length%miB != 0 {
@@ -478,7 +490,19 @@ func (img *Image) parseMetadata(meta region) error {
 	flags := binary.LittleEndian.Uint32(b[4:])
 	img.fixed = flags&1 != 0
 	if flags&2 != 0 {
-		return format.Unsupportedf("vhdx: differencing image (has_parent): parent chains are not supported (qemu-img 7.2 does not read them either); merge it into its parent with Hyper-V first")
+		parent := ""
+		if it := known[parentLocatorGUID]; it.present && it.length <= maxMetadataItem {
+			if b, err := read(parentLocatorGUID, int(it.length)); err == nil {
+				kv := parseParentLocator(b)
+				for _, k := range []string{"relative_path", "absolute_win32_path", "volume_path"} {
+					if kv[k] != "" {
+						parent = fmt.Sprintf(" (parent %s %q)", k, kv[k])
+						break
+					}
+				}
+			}
+		}
+		return format.Unsupportedf("vhdx: differencing image (has_parent)%s: parent chains are not supported (qemu-img 7.2 does not read them either); merge it into its parent first (Hyper-V Edit Disk or Merge-VHD)", parent)
 	}
 	if known[parentLocatorGUID].present {
 		// qemu refuses this combination too.
@@ -592,6 +616,26 @@ func (img *Image) setEntry(blk int64, e uint64, spans []span) error {
 	img.bat[blk] = uint32(off >> 20)
 	img.allocated += valid
 	return nil
+}
+
+// parseParentLocator returns the key/value pairs of a parent locator
+// item, skipping malformed entries; it only serves error messages.
+func parseParentLocator(b []byte) map[string]string {
+	kv := map[string]string{}
+	if len(b) < 20 {
+		return kv
+	}
+	n := int(binary.LittleEndian.Uint16(b[18:]))
+	for i := 0; i < n && 20+12*(i+1) <= len(b); i++ {
+		e := b[20+12*i:]
+		ko, vo := int64(binary.LittleEndian.Uint32(e)), int64(binary.LittleEndian.Uint32(e[4:]))
+		kl, vl := int64(binary.LittleEndian.Uint16(e[8:])), int64(binary.LittleEndian.Uint16(e[10:]))
+		if ko+kl > int64(len(b)) || vo+vl > int64(len(b)) {
+			continue
+		}
+		kv[utf16String(b[ko:ko+kl])] = utf16String(b[vo : vo+vl])
+	}
+	return kv
 }
 
 func utf16String(b []byte) string {

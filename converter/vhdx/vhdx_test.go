@@ -274,6 +274,39 @@ func TestChunkBoundary4K(t *testing.T) {
 	}
 }
 
+// TestDifferencing: differencing images are refused, naming the parent.
+func TestDifferencing(t *testing.T) {
+	u16 := func(s string) []byte {
+		var b []byte
+		for _, c := range s {
+			b = binary.LittleEndian.AppendUint16(b, uint16(c))
+		}
+		return b
+	}
+	pairs := [][2]string{{"parent_linkage", "{83838383-0001-0002-0304-05060708090a}"}, {"relative_path", `.\parent.vhdx`}}
+	loc := make([]byte, 20+12*len(pairs))
+	lt := mkGUID(0xb04aefb7, 0xd19e, 0x4a81, 0xb7, 0x89, 0x25, 0xb8, 0xe9, 0x44, 0x59, 0x13)
+	copy(loc, lt[:])
+	binary.LittleEndian.PutUint16(loc[18:], uint16(len(pairs)))
+	for i, p := range pairs {
+		k, v := u16(p[0]), u16(p[1])
+		e := 20 + 12*i
+		binary.LittleEndian.PutUint32(loc[e:], uint32(len(loc)))
+		binary.LittleEndian.PutUint32(loc[e+4:], uint32(len(loc)+len(k)))
+		binary.LittleEndian.PutUint16(loc[e+8:], uint16(len(k)))
+		binary.LittleEndian.PutUint16(loc[e+10:], uint16(len(v)))
+		loc = append(append(loc, k...), v...)
+	}
+	bd := newBuilder(4*miB, miB)
+	bd.flags = 2
+	bd.extraMeta = []extraItem{{id: parentLocatorGUID, flags: 4, data: loc}}
+	_, err := openFile(t, bd.write(t, filepath.Join(t.TempDir(), "child.avhdx")))
+	t.Log(err)
+	if !errors.Is(err, format.ErrUnsupported) || !strings.Contains(err.Error(), `relative_path ".\\parent.vhdx"`) {
+		t.Fatalf("Open = %v; want ErrUnsupported naming the parent", err)
+	}
+}
+
 func TestInfo(t *testing.T) {
 	testutil.Need(t, "qemu-img")
 	dir := t.TempDir()
