@@ -33,6 +33,7 @@ done
 declare -A files=(
 	[/usr/lib/ipxe/ipxe.iso]=ipxe
 	[/usr/lib/grub-rescue/grub-rescue-cdrom.iso]=grub-rescue-pc
+	[/usr/include/libdeflate.h]=libdeflate-dev
 )
 for f in "${!files[@]}"; do
 	[ -e "$f" ] || missing+=("${files[$f]}")

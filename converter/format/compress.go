@@ -28,7 +28,12 @@ var inflaters = sync.Pool{New: func() any { return new(inflater) }}
 // completely unless the stream ends first; trailing bytes in src after the
 // end of the stream are ignored (qcow2 rounds compressed sizes up to
 // sectors).
-func InflateRaw(dst, src []byte) (int, error) {
+func InflateRaw(dst, src []byte) (int, error) { return inflate(kindRaw, dst, src) }
+
+// InflateZlib decompresses zlib-wrapped deflate data (VMDK grains).
+func InflateZlib(dst, src []byte) (int, error) { return inflate(kindZlib, dst, src) }
+
+func goInflateRaw(dst, src []byte) (int, error) {
 	in := inflaters.Get().(*inflater)
 	defer inflaters.Put(in)
 	in.src.Reset(src)
@@ -40,8 +45,7 @@ func InflateRaw(dst, src []byte) (int, error) {
 	return readFull(in.fr, dst)
 }
 
-// InflateZlib decompresses zlib-wrapped deflate data (VMDK grains).
-func InflateZlib(dst, src []byte) (int, error) {
+func goInflateZlib(dst, src []byte) (int, error) {
 	in := inflaters.Get().(*inflater)
 	defer inflaters.Put(in)
 	in.src.Reset(src)
