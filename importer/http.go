@@ -328,27 +328,16 @@ type probeResult struct {
 // probe costs no extra round trip; a 200 means no Range support. It pins
 // the validators it sees.
 func (h *httpBackend) probe(ctx context.Context, f *fetcher, blockSize int64) (probeResult, error) {
-	attempt := 0
-	for {
-		res, err := h.probeOnce(ctx, f, blockSize)
-		if err == nil {
-			return res, nil
-		}
-		if ctx.Err() != nil {
-			return res, context.Cause(ctx)
-		}
-		if isPermanent(err) || attempt >= f.retries {
-			if attempt > 0 {
-				return res, fmt.Errorf("fetch %s: %w (after %d retries)", h, err, attempt)
-			}
-			return res, fmt.Errorf("fetch %s: %w", h, err)
-		}
-		attempt++
-		f.st.retries.Add(1)
-		if err := sleepCtx(ctx, f.backoff(attempt, err)); err != nil {
-			return res, err
-		}
+	var res probeResult
+	err := retryOp(ctx, f, func(ctx context.Context) error {
+		var err error
+		res, err = h.probeOnce(ctx, f, blockSize)
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("fetch %s: %w", h, err)
 	}
+	return res, nil
 }
 
 func (h *httpBackend) probeOnce(ctx context.Context, f *fetcher, blockSize int64) (probeResult, error) {

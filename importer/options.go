@@ -25,8 +25,9 @@ const (
 	maxBlockSize = 64 << 20
 	maxCacheSize = 4 << 30
 	// metaChunk is the unit of the metadata side path: small reads far
-	// ahead of the stream fetch aligned 64 KiB chunks.
-	metaChunk = 64 << 10
+	// ahead of the stream fetch the aligned 4 KiB chunks they cover (a
+	// VMDK grain table is 2 KiB: a larger unit would multiply its cost).
+	metaChunk = 4 << 10
 )
 
 // Options configure how a source is fetched. The zero value is usable:

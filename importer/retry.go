@@ -130,11 +130,13 @@ func newWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
 	return w
 }
 
+// Read runs the timer only while it waits on the network: a body the
+// caller pauses on (a sequential stream under backpressure) is not
+// counted as stalled.
 func (w *watchdog) Read(p []byte) (int, error) {
+	w.t.Reset(w.d)
 	n, err := w.rc.Read(p)
-	if n > 0 {
-		w.t.Reset(w.d)
-	}
+	w.t.Stop()
 	if err != nil && err != io.EOF && w.fired.Load() {
 		err = fmt.Errorf("%w (no data for %v)", errStalled, w.d)
 	}

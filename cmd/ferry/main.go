@@ -71,6 +71,7 @@ func newRoot() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newConvertCmd(), newInspectCmd())
+	root.AddCommand(newVMCmd(), newVerifyCmd())
 	return root
 }
 

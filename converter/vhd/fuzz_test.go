@@ -14,7 +14,8 @@ import (
 
 // fuzzSeeds are small images of every kind: hand-built ones (dynamic with
 // tiny blocks, differencing with locators) and, when qemu-img is there,
-// images it creates.
+// images it creates. They are kept to a few KiB: the fuzzer's minimization
+// of every new input costs time in proportion to its length.
 func fuzzSeeds(t testing.TB) [][]byte {
 	var seeds [][]byte
 	blk := func(bs int, diff bool, fill byte) blockSpec {
@@ -25,30 +26,30 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	seeds = append(seeds,
 		vhdSpec{diskType: diskDynamic, currentSize: 8 * 512, blockSize: 512,
 			blocks: map[int64]blockSpec{0: blk(512, false, 1), 3: blk(512, false, 2)}}.build(),
-		vhdSpec{diskType: diskDynamic, creator: "vpc ", cyls: 1, heads: 4, secs: 17, currentSize: 68 * 512, blockSize: 4096,
-			blocks: map[int64]blockSpec{1: blk(4096, false, 3)}}.build(),
-		vhdSpec{diskType: diskDifferencing, currentSize: 16 * 512, blockSize: 1024, parentName: "p.vhd",
-			locators: []locSpec{{platW2ru, utf16le(`.\p.vhd`)}, {platW2ku, utf16le(`C:\p.vhd`)}, {platMacX, []byte("file:///p.vhd")}},
-			blocks:   map[int64]blockSpec{2: blk(1024, true, 4)}}.build(),
+		vhdSpec{diskType: diskDynamic, creator: "vpc ", cyls: 1, heads: 4, secs: 1, currentSize: 4 * 512, blockSize: 1024,
+			blocks: map[int64]blockSpec{1: blk(1024, false, 3)}}.build(),
+		vhdSpec{diskType: diskDifferencing, currentSize: 4 * 512, blockSize: 512, parentName: "p.vhd",
+			locators: []locSpec{{platW2ru, utf16le(`.\p.vhd`)}, {platMacX, []byte("file:///p.vhd")}},
+			blocks:   map[int64]blockSpec{2: blk(512, true, 4)}}.build(),
 	)
-	// A fixed image: 4 KiB of data and a footer.
-	ft := vhdSpec{diskType: diskFixed, currentSize: 4096}.footer()
+	// A fixed image: 1 KiB of data and a footer.
+	ft := vhdSpec{diskType: diskFixed, currentSize: 1024}.footer()
 	binary.BigEndian.PutUint64(ft[16:], ^uint64(0))
 	binary.BigEndian.PutUint32(ft[64:], checksum(ft, 64))
-	seeds = append(seeds, append(bytes.Repeat([]byte{5}, 4096), ft...))
+	seeds = append(seeds, append(bytes.Repeat([]byte{5}, 1024), ft...))
 
 	if _, err := exec.LookPath("qemu-img"); err == nil {
 		dir := t.TempDir()
 		for _, args := range [][]string{
-			{"-o", "subformat=dynamic", "1M"},
-			{"-o", "subformat=dynamic,force_size=on", "3000000"},
-			{"-o", "subformat=fixed,force_size=on", "8K"},
+			{"-o", "subformat=dynamic", "64K"},
+			{"-o", "subformat=dynamic,force_size=on", "100000"},
+			{"-o", "subformat=fixed,force_size=on", "1K"},
 		} {
 			p := filepath.Join(dir, "s.vhd")
 			a := append([]string{"create", "-q", "-f", "vpc"}, args[:len(args)-1]...)
 			a = append(a, p, args[len(args)-1])
 			if exec.Command("qemu-img", a...).Run() == nil {
-				if d, err := os.ReadFile(p); err == nil && len(d) < 100<<10 {
+				if d, err := os.ReadFile(p); err == nil && len(d) < 8<<10 {
 					seeds = append(seeds, d)
 				}
 			}
@@ -56,6 +57,11 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	}
 	return seeds
 }
+
+// fuzzBuf is reused by every exec (a worker runs them one at a time):
+// allocating it each time makes minimization, which runs thousands of
+// execs, much slower.
+var fuzzBuf = make([]byte, 1<<20+512)
 
 func FuzzOpen(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
@@ -79,12 +85,12 @@ func FuzzOpen(f *testing.F) {
 			if _, err := img.Extent(0, size); err != nil {
 				t.Fatal(err)
 			}
-			b := make([]byte, 1<<20)
+			b := fuzzBuf[:1<<20]
 			img.ReadAt(b, 0)
 			img.ReadAt(b, size-int64(len(b)))
 			return
 		}
-		buf := make([]byte, 1<<20+512)
+		buf := fuzzBuf
 		for off := int64(0); off < size; off += int64(len(buf)) {
 			n, err := img.ReadAt(buf, off)
 			if err != nil && err != io.EOF {

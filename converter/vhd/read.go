@@ -161,28 +161,26 @@ func bitRun(bm []byte, s, limit int64) (bool, int64) {
 }
 
 // Extent reports the status of the run starting at start: allocated blocks
-// are data, unallocated ones zero (or the parent's status in a
-// differencing image). It reads no data, and only sector bitmaps of
-// differencing images.
+// are data, except holes of the file inside them, unallocated ones zero
+// (or the parent's status in a differencing image). It reads no data, and
+// only sector bitmaps of differencing images.
 func (img *Image) Extent(start, length int64) (format.Extent, error) {
 	if start < 0 || length <= 0 || start > img.size-length {
 		return format.Extent{}, fmt.Errorf("vpc: extent %d+%d out of range (size %d)", start, length, img.size)
 	}
-	if img.ft.diskType == diskFixed {
-		return img.fixedExtent(start, length), nil
-	}
 	end := start + length
-	if img.parent == nil {
-		bs := img.blockSize
-		bi := start / bs
-		alloc := img.bat[bi] != batUnallocated
-		for bi++; bi*bs < end && (img.bat[bi] != batUnallocated) == alloc; bi++ {
-		}
-		return format.Extent{Start: start, Length: min(end, bi*bs) - start, Allocated: alloc, Zero: !alloc}, nil
-	}
 	var cur format.Extent
 	for pos := start; pos < end; {
-		e, err := img.diffExtent(pos, end)
+		var e format.Extent
+		var err error
+		switch {
+		case img.ft.diskType == diskFixed:
+			e = img.fixedExtent(pos, end-pos)
+		case img.parent != nil:
+			e, err = img.diffExtent(pos, end)
+		default:
+			e = img.dynamicExtent(pos, end)
+		}
 		if err != nil {
 			return format.Extent{}, err
 		}
@@ -196,6 +194,25 @@ func (img *Image) Extent(start, length int64) (format.Extent, error) {
 		pos += e.Length
 	}
 	return cur, nil
+}
+
+// dynamicExtent returns one piece of a dynamic image starting at pos: a run
+// of unallocated blocks, or a run of data or hole inside one allocated
+// block.
+func (img *Image) dynamicExtent(pos, end int64) format.Extent {
+	bs := img.blockSize
+	bi := pos / bs
+	e := img.bat[bi]
+	blockEnd := (bi + 1) * bs
+	if e == batUnallocated {
+		for blockEnd < end && img.bat[blockEnd/bs] == batUnallocated {
+			blockEnd += bs
+		}
+		return format.Extent{Start: pos, Length: min(end, blockEnd) - pos, Zero: true}
+	}
+	host := int64(e)*sectorSize + img.bitmapSize + pos - bi*bs
+	hole, n := img.holes.probe(host, min(end, blockEnd)-pos)
+	return format.Extent{Start: pos, Length: n, Allocated: true, Zero: hole}
 }
 
 func sameStatus(a, b format.Extent) bool {
@@ -246,38 +263,12 @@ func (img *Image) parentExtent(pos, end int64) (format.Extent, error) {
 	return e, nil
 }
 
-// fixedExtent maps the file: data where the file has data (holes of a
-// sparse local file are zero, found with SEEK_DATA/SEEK_HOLE), zeros past
-// its end.
+// fixedExtent maps the file: data where the file has data, holes of a
+// sparse local file and anything past its end as zeros.
 func (img *Image) fixedExtent(start, length int64) format.Extent {
 	if start >= img.fileSize {
 		return format.Extent{Start: start, Length: length, Zero: true}
 	}
-	length = min(length, img.fileSize-start)
-	e := format.Extent{Start: start, Length: length, Allocated: true}
-	if img.osFile == nil {
-		return e
-	}
-	img.seekMu.Lock()
-	defer img.seekMu.Unlock()
-	data, err := img.osFile.Seek(start, seekData)
-	if err != nil {
-		if isENXIO(err) {
-			return format.Extent{Start: start, Length: length, Zero: true}
-		}
-		return e
-	}
-	if data > start {
-		return format.Extent{Start: start, Length: min(length, data-start), Zero: true}
-	}
-	hole, err := img.osFile.Seek(start, seekHole)
-	if err == nil && hole > start && hole-start < length {
-		e.Length = hole - start
-	}
-	return e
+	hole, n := img.holes.probe(start, min(length, img.fileSize-start))
+	return format.Extent{Start: start, Length: n, Allocated: !hole, Zero: hole}
 }
-
-const (
-	seekData = 3 // SEEK_DATA
-	seekHole = 4 // SEEK_HOLE
-)

@@ -9,7 +9,8 @@
 //   - the footer checksum must be valid;
 //   - dynamic images ignore the per-block sector bitmap (qemu reads the
 //     whole block from the file);
-//   - fixed images read the file directly, zeros past its end.
+//   - fixed images read the file directly, zeros past its end (so a
+//     geometry larger than the data exposes the footer, as in qemu).
 //
 // qemu has no differencing support (it reads such an image as a dynamic one
 // with no parent); ferry follows the specification there: sectors whose
@@ -162,10 +163,7 @@ type Image struct {
 	parentUUID [16]byte
 	bitmaps    *bitmapCache
 
-	// Fixed: SEEK_DATA/SEEK_HOLE on local files, serialized because
-	// seeking moves the shared file offset.
-	osFile *os.File
-	seekMu sync.Mutex
+	holes holes
 
 	closeOnce sync.Once
 	closeErr  error
@@ -210,17 +208,17 @@ func Open(f format.File, opts format.Options) (*Image, error) {
 		img.sizeSrc = "current_size"
 	}
 	if sectors > maxSectors {
-		return nil, format.Unsupportedf("vpc: virtual size %d bytes (%s) exceeds the VHD limit of 2040 GiB", img.ft.currentSize, img.sizeSrc)
+		return nil, format.Unsupportedf("vpc: virtual size %d sectors (from %s) exceeds the VHD limit of 2040 GiB", sectors, img.sizeSrc)
 	}
 	img.size = sectors * sectorSize
 
+	if of, ok := f.(*format.OSFile); ok {
+		img.holes.f = of.File
+	} else if o, ok := f.(interface{ OSFile() *os.File }); ok {
+		img.holes.f = o.OSFile()
+	}
 	switch img.ft.diskType {
 	case diskFixed:
-		if of, ok := f.(*format.OSFile); ok {
-			img.osFile = of.File
-		} else if o, ok := f.(interface{ OSFile() *os.File }); ok {
-			img.osFile = o.OSFile()
-		}
 		return img, nil
 	case diskDynamic, diskDifferencing:
 	default:
@@ -279,6 +277,10 @@ func (img *Image) openDynamic() ([]byte, error) {
 	img.bitmapSize = bitmapBytes(img.blockSize, img.ft.diskType == diskDifferencing)
 
 	need := uint64(img.size+img.blockSize-1) / bs
+	if entries > (1<<31-1)/4 {
+		// qemu's limit: the BAT must be readable in one int-sized read.
+		return nil, format.Corruptf("vpc: %d BAT entries (qemu reads at most %d)", entries, (1<<31-1)/4)
+	}
 	if entries*bs < uint64(img.size) {
 		return nil, format.Corruptf("vpc: BAT has %d entries of %d bytes, %d needed for the virtual size %d", entries, bs, need, img.size)
 	}
@@ -292,7 +294,7 @@ func (img *Image) openDynamic() ([]byte, error) {
 	img.bat = make([]uint32, need)
 	// Every entry is checked, the unused ones too, as qemu does: a block
 	// past the end of the file means a truncated image.
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, min(64<<10, entries*4))
 	for i := uint64(0); i < entries; {
 		n := min(entries-i, uint64(len(buf)/4))
 		if err := readFull(img.f, buf[:n*4], int64(tableOff+i*4)); err != nil {

@@ -90,19 +90,31 @@ func isText(b []byte) bool {
 
 // parseDescriptor parses descriptor text. Like qemu it ignores lines it
 // does not know, but an extent line it cannot parse is an error rather than
-// silently dropped: dropping it would shift every later extent.
-func parseDescriptor(text string) (*descriptor, error) {
+// silently dropped: dropping it would shift every later extent. Embedded
+// descriptors (lenient) only inform: their extent lines are not used, so
+// bad ones are skipped.
+func parseDescriptor(text string, lenient bool) (*descriptor, error) {
 	d := &descriptor{}
 	for i, line := range strings.Split(text, "\n") {
 		line = strings.TrimSpace(strings.TrimPrefix(line, "\ufeff"))
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		if acc, _, _ := strings.Cut(line, " "); acc == "RW" || acc == "RDONLY" || acc == "NOACCESS" {
+		acc := line
+		if i := strings.IndexAny(line, " \t"); i >= 0 {
+			acc = line[:i]
+		}
+		if acc == "RW" || acc == "RDONLY" || acc == "NOACCESS" {
 			if len(d.extents) >= maxExtents {
+				if lenient {
+					continue
+				}
 				return nil, format.Unsupportedf("vmdk descriptor lists more than %d extents", maxExtents)
 			}
 			e, err := parseExtentLine(line)
+			if err != nil && lenient {
+				continue
+			}
 			if err != nil {
 				return nil, format.Corruptf("vmdk descriptor line %d %q: %v", i+1, clip(line), err)
 			}

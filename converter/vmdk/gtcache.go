@@ -88,9 +88,21 @@ func (c *gtCache) get(s *sparse, gti int64) ([]uint32, error) {
 			gt[j] = binary.LittleEndian.Uint32(b[j*4:])
 		}
 		c.put(gtKey{s.id, gti + i}, gt)
+		if allZero(gt) {
+			s.markEmpty(gti + i)
+		}
 		if i == 0 {
 			want = gt
 		}
 	}
 	return want, nil
+}
+
+func allZero(gt []uint32) bool {
+	for _, v := range gt {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sync/atomic"
 
 	"github.com/hikube/ferry/converter/format"
 )
@@ -112,6 +113,17 @@ type sparse struct {
 	zeroGrain  bool
 	fileSize   int64
 	gdAtEnd    bool
+	// emptyGT marks grain tables found all zero, so later walks skip
+	// them like absent ones (qemu preallocates every table).
+	emptyGT []atomic.Uint64
+}
+
+func (s *sparse) skipGT(gti int64) bool {
+	return s.gd[gti] == 0 || s.emptyGT[gti/64].Load()&(1<<(gti%64)) != 0
+}
+
+func (s *sparse) markEmpty(gti int64) {
+	s.emptyGT[gti/64].Or(1 << (gti % 64))
 }
 
 // openSparse parses the sparse extent in f, whose first sector is hdr0.
@@ -179,6 +191,7 @@ func openSparse(f format.File, name string, hdr0 []byte) (*sparse, error) {
 		return nil, fmt.Errorf("vmdk %s: read grain directory: %w", name, err)
 	}
 	s.gd = make([]uint32, nGD)
+	s.emptyGT = make([]atomic.Uint64, (nGD+63)/64)
 	for i := range s.gd {
 		gt := binary.LittleEndian.Uint32(raw[i*4:])
 		if gt != 0 && int64(gt)*sectorSize+s.gtBytes > size {
@@ -198,6 +211,7 @@ const (
 	stData                       // plain grain
 	stComp                       // compressed grain
 	stFlat                       // flat extent
+	stHole                       // hole in a flat extent file: zeros, hides the parent
 )
 
 func (s *sparse) status(gte uint32) grainStatus {
@@ -224,7 +238,7 @@ func (s *sparse) extent(c *gtCache, rel, max int64) (grainStatus, int64, error) 
 	for pos < end {
 		gti := pos / s.gtCover
 		gtEnd := min((gti+1)*s.gtCover, end)
-		if s.gd[gti] == 0 {
+		if s.skipGT(gti) {
 			if !first && st != stUnalloc {
 				break
 			}
@@ -279,7 +293,7 @@ func (s *sparse) plan(c *gtCache, segs []seg, n int, rel int64) ([]seg, error) {
 	for pos < end {
 		gti := pos / s.gtCover
 		gtEnd := min((gti+1)*s.gtCover, end)
-		if s.gd[gti] == 0 {
+		if s.skipGT(gti) {
 			add(seg{st: stUnalloc, off: int(pos - rel), n: int(gtEnd - pos)})
 			pos = gtEnd
 			continue

@@ -23,11 +23,13 @@ const streamInFlight = 16 << 20
 // strictly increasing order, and must not keep data after returning. Ranges
 // no grain covers are zeros. Grains are inflated by a few workers while the
 // stream is read; emit runs on one goroutine at a time. r is only read by
-// the calling goroutine and not after ReadStream returns.
+// the calling goroutine and not after ReadStream returns; it may be read
+// ahead past the end-of-stream marker unless it is a *bufio.Reader of at
+// least 64 KiB (what follows then stays in that reader).
 func ReadStream(r io.Reader, onHeader func(capacity int64) error, emit func(off int64, data []byte) error) error {
 	br, ok := r.(*bufio.Reader)
 	if !ok || br.Size() < 64<<10 {
-		br = bufio.NewReaderSize(r, 1<<20)
+		br = bufio.NewReaderSize(r, 256<<10)
 	}
 	st := &streamReader{r: br}
 	if err := st.header(); err != nil {
@@ -118,7 +120,7 @@ func (st *streamReader) header() error {
 			buf = buf[:i]
 		}
 		if isText(buf) {
-			if d, err := parseDescriptor(string(buf)); err == nil && d.hasParentHint && d.parentHint != "" {
+			if d, err := parseDescriptor(string(buf), true); err == nil && d.hasParentHint && d.parentHint != "" {
 				return format.Unsupportedf("vmdk stream: delta disk (parent %q) cannot be read as a stream", d.parentHint)
 			}
 		}
@@ -164,10 +166,7 @@ func (st *streamReader) run(emit func(off int64, data []byte) error) error {
 	perJob := 3*st.grainSize + sectorSize
 	slots := int(max(int64(2*workers+2), min(64, streamInFlight/perJob)))
 
-	free := make(chan *streamJob, slots)
-	for range slots {
-		free <- &streamJob{done: make(chan struct{}, 1)}
-	}
+	free := make(chan *streamJob, slots) // jobs are made on demand, up to slots
 	work := make(chan *streamJob, slots)
 	order := make(chan *streamJob, slots)
 	quit := make(chan struct{})
@@ -206,7 +205,7 @@ func (st *streamReader) run(emit func(off int64, data []byte) error) error {
 		emitErr <- err
 	}()
 
-	readErr := st.produce(free, work, order, quit)
+	readErr := st.produce(free, slots, work, order, quit)
 	close(work)
 	close(order)
 	wg.Wait()
@@ -218,7 +217,7 @@ func (st *streamReader) run(emit func(off int64, data []byte) error) error {
 }
 
 // produce parses markers until the end-of-stream marker and queues grains.
-func (st *streamReader) produce(free, work, order chan *streamJob, quit chan struct{}) error {
+func (st *streamReader) produce(free chan *streamJob, slots int, work, order chan *streamJob, quit chan struct{}) error {
 	var sec [sectorSize]byte
 	le := binary.LittleEndian
 	maxComp := 2 * st.grainSize
@@ -270,8 +269,17 @@ func (st *streamReader) produce(free, work, order chan *streamJob, quit chan str
 		var j *streamJob
 		select {
 		case j = <-free:
-		case <-quit:
-			return nil
+		default:
+			if slots > 0 {
+				slots--
+				j = &streamJob{done: make(chan struct{}, 1)}
+				break
+			}
+			select {
+			case j = <-free:
+			case <-quit:
+				return nil
+			}
 		}
 		total := (markerSize + size + sectorSize - 1) &^ (sectorSize - 1)
 		if int64(cap(j.raw)) < total {

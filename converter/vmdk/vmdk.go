@@ -5,6 +5,16 @@
 //
 // Extent files and parents are opened only through the options' resolver;
 // every number an image declares is checked before it is used.
+//
+// Where ferry deliberately differs from qemu-img 7.2 (qemu's reading would
+// silently change the data):
+//   - ZERO and RDONLY extents count, as VMware defines them; qemu skips
+//     them, shifting every later extent. NOACCESS extents are refused.
+//   - a grain, grain table or flat extent beyond the end of its file is
+//     corruption (a truncated copy); qemu reads zeros there.
+//   - a sparse extent that ends inside a grain ends there; qemu keeps
+//     reading that grain into the next extent.
+//   - compressed grains without markers may be larger than a grain.
 package vmdk
 
 import (
@@ -177,7 +187,7 @@ func (img *Image) openMonolithic(head []byte, opts format.Options) error {
 		return err
 	}
 	if text != "" {
-		if img.desc, err = parseDescriptor(text); err != nil {
+		if img.desc, err = parseDescriptor(text, true); err != nil {
 			return err
 		}
 	}
@@ -236,7 +246,7 @@ var deviceCreateTypes = map[string]bool{
 
 // openDescriptor opens the extents a descriptor lists.
 func (img *Image) openDescriptor(text string, opts format.Options) error {
-	d, err := parseDescriptor(text)
+	d, err := parseDescriptor(text, false)
 	if err != nil {
 		return err
 	}
@@ -581,14 +591,19 @@ func (img *Image) extStatus(e *ext, rel, max int64) (grainStatus, int64, error) 
 	case extZero:
 		return stZero, max, nil
 	case extFlat:
-		return stFlat, max, nil
+		st := stFlat
+		hole, n := holeRun(e.f, e.flatOff+rel, max)
+		if hole {
+			st = stHole
+		}
+		return st, n, nil
 	}
 	return e.sp.extent(img.cache, rel, max)
 }
 
 func toExtent(st grainStatus) format.Extent {
 	switch st {
-	case stUnalloc:
+	case stUnalloc, stHole:
 		return format.Extent{Zero: true}
 	case stZero:
 		return format.Extent{Allocated: true, Zero: true}
@@ -682,25 +697,37 @@ func (img *Image) Info() format.Info {
 
 // allocated counts the bytes of grains stored in s (plain, compressed; not
 // zeroed grains). Unreadable tables are skipped: Info reports, it does not
-// validate.
+// validate. Tables are counted once per file offset, so a hostile directory
+// repeating one table costs no more than the table.
 func (img *Image) allocated(s *sparse) int64 {
 	var total int64
-	for gti, off := range s.gd {
-		if off == 0 {
+	seen := map[uint32]int64{}
+	last := int64(len(s.gd)) - 1
+	for gti := range s.gd {
+		g := int64(gti)
+		if s.skipGT(g) {
 			continue
 		}
-		gt, err := img.cache.get(s, int64(gti))
+		if n, ok := seen[s.gd[gti]]; ok && g != last {
+			total += n
+			continue
+		}
+		gt, err := img.cache.get(s, g)
 		if err != nil {
 			continue
 		}
+		var n int64
 		for i, gte := range gt {
 			if st := s.status(gte); st == stData || st == stComp {
-				gv := (int64(gti)*s.gtes + int64(i)) * s.grainSize
-				if gv < s.capacity {
-					total += s.validLen(gv)
+				if gv := (g*s.gtes + int64(i)) * s.grainSize; gv < s.capacity {
+					n += s.validLen(gv)
 				}
 			}
 		}
+		if g != last {
+			seen[s.gd[gti]] = n
+		}
+		total += n
 	}
 	return total
 }

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package vdi
+
+func isENXIO(err error) bool { return false }

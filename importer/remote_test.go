@@ -1,0 +1,167 @@
+package importer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Random reads, concurrent, of odd sizes and offsets, including reads
+// across block boundaries and past the end, return the file's bytes.
+func TestReadAtExact(t *testing.T) {
+	for _, size := range []int{0, 1, 1000, 256 << 10, 5<<20 + 12345} {
+		t.Run("", func(t *testing.T) {
+			_, url, data := serve(t, size)
+			s := mustOpen(t, url, testOptions())
+			if s.Size() != int64(size) {
+				t.Fatalf("Size = %d, want %d", s.Size(), size)
+			}
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rng := rand.New(rand.NewSource(int64(g)))
+					for range 150 {
+						off := rng.Int63n(int64(size) + 10)
+						n := rng.Intn(700 << 10)
+						if rng.Intn(3) == 0 {
+							n = rng.Intn(5000)
+						}
+						buf := make([]byte, n)
+						m, err := s.ReadAt(buf, off)
+						want := 0
+						if off < int64(size) {
+							want = min(n, size-int(off))
+						}
+						if m != want {
+							t.Errorf("ReadAt(%d, %d) = %d, %v; want %d bytes", n, off, m, err, want)
+							return
+						}
+						if m < n && err != io.EOF {
+							t.Errorf("ReadAt(%d, %d) short without EOF: %v", n, off, err)
+							return
+						}
+						if m == n && err != nil {
+							t.Errorf("ReadAt(%d, %d): %v", n, off, err)
+							return
+						}
+						if m > 0 && string(buf[:m]) != string(data[off:off+int64(m)]) {
+							t.Errorf("ReadAt(%d, %d): wrong bytes", n, off)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			d := mustComplete(t, s)
+			if d.SHA256 != sha256Hex(data) {
+				t.Fatalf("SHA256 = %s, want %s", d.SHA256, sha256Hex(data))
+			}
+			s.Close()
+			checkNoLeak(t)
+		})
+	}
+}
+
+// Reading the whole file in order the way the convert engine does fetches
+// each byte once.
+func TestInOrderEachByteOnce(t *testing.T) {
+	srv, url, data := serve(t, 24<<20+777)
+	o := testOptions()
+	o.Checksum = "sha256:" + sha256Hex(data)
+	s := mustOpen(t, url, o)
+	got := readAllInOrder(t, s, 4, 1<<20)
+	equalBytes(t, got, data)
+	d := mustComplete(t, s)
+	if d.SHA256 != sha256Hex(data) || d.Checksum != o.Checksum {
+		t.Fatalf("digests %+v", d)
+	}
+	ratio := float64(srv.BytesServed()) / float64(len(data))
+	t.Logf("served %d bytes for %d (%.4f), %d requests", srv.BytesServed(), len(data), ratio, srv.Requests())
+	if ratio > 1.01 {
+		t.Fatalf("bytes served %.4f × the file size", ratio)
+	}
+	if d.BytesFetched != srv.BytesServed() {
+		t.Errorf("BytesFetched %d, server says %d", d.BytesFetched, srv.BytesServed())
+	}
+}
+
+// Complete alone (the converter read nothing) fetches and hashes it all.
+func TestCompleteWithoutReads(t *testing.T) {
+	srv, url, data := serve(t, 3<<20+5)
+	s := mustOpen(t, url, testOptions())
+	d := mustComplete(t, s)
+	if d.SHA256 != sha256Hex(data) {
+		t.Fatal("bad digest")
+	}
+	if srv.BytesServed() != int64(len(data)) {
+		t.Fatalf("served %d, want %d", srv.BytesServed(), len(data))
+	}
+	// Reads after Complete still work (re-fetching as needed).
+	buf := make([]byte, 1000)
+	if _, err := s.ReadAt(buf, 12345); err != nil || string(buf) != string(data[12345:13345]) {
+		t.Fatalf("ReadAt after Complete: %v", err)
+	}
+}
+
+// Cancelling the context stops everything promptly.
+func TestCancel(t *testing.T) {
+	srv, url, _ := serve(t, 8<<20)
+	srv.Fault("", faultSlow)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Open(ctx, url, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Complete(context.Background())
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Complete after cancel: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Complete did not return after cancel")
+	}
+	if _, err := s.ReadAt(make([]byte, 10), 7<<20); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ReadAt after cancel: %v", err)
+	}
+	s.Close()
+	checkNoLeak(t)
+}
+
+// Close while readers wait fails them with ErrClosed and leaks nothing.
+func TestCloseWhileReading(t *testing.T) {
+	srv, url, _ := serve(t, 8<<20)
+	srv.Fault("", faultSlow)
+	s, err := Open(context.Background(), url, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.ReadAt(make([]byte, 1<<20), 6<<20)
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	s.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) {
+			t.Fatalf("ReadAt after Close: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("ReadAt did not return after Close")
+	}
+	checkNoLeak(t)
+}
