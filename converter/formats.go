@@ -5,6 +5,7 @@ import (
 
 	"github.com/hikube/ferry/converter/format"
 	"github.com/hikube/ferry/converter/qcow2"
+	"github.com/hikube/ferry/converter/vdi"
 	"github.com/hikube/ferry/converter/vhd"
 	"github.com/hikube/ferry/converter/vhdx"
 	"github.com/hikube/ferry/converter/vmdk"
@@ -34,6 +35,7 @@ func init() {
 		register(qcow2.Type, qcow2.Probe, adapt(qcow2.Open)),
 		register(vmdk.Type, vmdk.Probe, adapt(vmdk.Open)),
 		register(vhdx.Type, vhdx.Probe, adapt(vhdx.Open)),
+		register(vdi.Type, vdi.Probe, adapt(vdi.Open)),
 		register(vhd.Type, vhd.Probe, adapt(vhd.Open)),
 	}
 	Formats = append(head, Formats...)
