@@ -91,7 +91,7 @@ func ConvertStream(ctx context.Context, br *bufio.Reader, t format.Type, o Optio
 			return s.write(off, data)
 		})
 		if err != nil {
-			if errors.Is(err, format.ErrUnsupported) && s.off == 0 {
+			if errors.Is(err, vmdk.ErrNotStreamOptimized) {
 				// A sparse (not streamOptimized) VMDK: grains in any order.
 				return nil, fmt.Errorf("%w: %v", ErrNeedsRandomAccess, err)
 			}

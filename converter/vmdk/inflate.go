@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 
@@ -31,6 +32,18 @@ var grainInflaters = sync.Pool{New: func() any { return new(grainInflater) }}
 // valid checksum; bytes after the checksum are ignored (grains are padded to
 // sectors).
 func inflateGrain(dst []byte, max int, src []byte) error {
+	if format.Inflater == "libdeflate" && len(dst) == max {
+		// libdeflate checks the adler32 and refuses output beyond dst
+		// itself, ~3x faster than the path below.
+		n, err := format.InflateZlib(dst, src)
+		if err != nil {
+			return fmt.Errorf("compressed grain: %w", err)
+		}
+		if n < len(dst) {
+			return format.Corruptf("compressed grain inflates to %d bytes, expected at least %d", n, len(dst))
+		}
+		return nil
+	}
 	if len(src) < 2 {
 		return format.Corruptf("compressed grain of %d bytes", len(src))
 	}

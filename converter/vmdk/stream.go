@@ -16,6 +16,10 @@ import (
 // being inflated hold about this many bytes of buffers.
 const streamInFlight = 16 << 20
 
+// ErrNotStreamOptimized: ReadStream was given a VMDK whose grains are not
+// in stream order; it needs random access (spooling).
+var ErrNotStreamOptimized = errors.New("not streamOptimized")
+
 // ReadStream reads a streamOptimized VMDK from a plain stream (a pipe, a
 // member of an OVA): the header, then grain and metadata markers in file
 // order until the end-of-stream marker. onHeader gets the virtual size
@@ -94,7 +98,7 @@ func (st *streamReader) header() error {
 	h := parseHeader(b[:])
 	st.hdr = h
 	if h.compression != compressDeflate || h.flags&flagMarkers == 0 {
-		return format.Unsupportedf("vmdk stream: not streamOptimized (compression %d, markers %v); only stream-optimized VMDKs can be read without seeking", h.compression, h.flags&flagMarkers != 0)
+		return fmt.Errorf("%w: %w", ErrNotStreamOptimized, format.Unsupportedf("vmdk stream: compression %d, markers %v; only stream-optimized VMDKs can be read without seeking", h.compression, h.flags&flagMarkers != 0))
 	}
 	if h.capacity == 0 && h.descOffset != 0 && h.gdOffset != gdAtEnd {
 		return format.Unsupportedf("vmdk stream: the header only carries a descriptor")
