@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"sync"
 
 	"github.com/hikube/ferry/converter/format"
 )
@@ -18,13 +16,10 @@ const Type format.Type = "raw"
 
 // Image is a raw image over a File.
 type Image struct {
-	f    format.File
-	size int64
-	// seek serializes SEEK_DATA/SEEK_HOLE: they move the shared file
-	// offset (ReadAt does not use it, but two seekers would race).
-	seek   sync.Mutex
-	osFile *os.File
-	typ    format.Type
+	f     format.File
+	size  int64
+	holes format.Holes
+	typ   format.Type
 }
 
 // Probe always succeeds: raw is the format of last resort.
@@ -41,13 +36,7 @@ func OpenAs(f format.File, t format.Type) (*Image, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("raw: size of %s unknown", f.Name())
 	}
-	img := &Image{f: f, size: size, typ: t}
-	if o, ok := f.(interface{ OSFile() *os.File }); ok {
-		img.osFile = o.OSFile()
-	} else if of, ok := f.(*format.OSFile); ok {
-		img.osFile = of.File
-	}
-	return img, nil
+	return &Image{f: f, size: size, typ: t, holes: format.HolesOf(f)}, nil
 }
 
 // ReadAt reads the file.
@@ -75,47 +64,14 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-const (
-	seekData = 3 // SEEK_DATA
-	seekHole = 4 // SEEK_HOLE
-)
-
 // Extent reports holes of local sparse files as Zero; anything else is
 // allocated data.
 func (img *Image) Extent(start, length int64) (format.Extent, error) {
 	if start < 0 || length <= 0 || start+length > img.size {
 		return format.Extent{}, fmt.Errorf("raw: extent %d+%d out of range (size %d)", start, length, img.size)
 	}
-	e := format.Extent{Start: start, Length: length, Allocated: true}
-	if img.osFile == nil {
-		return e, nil
-	}
-	img.seek.Lock()
-	defer img.seek.Unlock()
-	data, err := img.osFile.Seek(start, seekData)
-	if err != nil {
-		// ENXIO: no data after start, the rest is a hole. Other errors
-		// (no SEEK_DATA support): treat everything as data.
-		if isENXIO(err) {
-			return format.Extent{Start: start, Length: length, Zero: true}, nil
-		}
-		return e, nil
-	}
-	if data > start {
-		n := data - start
-		if n > length {
-			n = length
-		}
-		return format.Extent{Start: start, Length: n, Zero: true}, nil
-	}
-	hole, err := img.osFile.Seek(start, seekHole)
-	if err != nil || hole <= start {
-		return e, nil
-	}
-	if n := hole - start; n < length {
-		e.Length = n
-	}
-	return e, nil
+	hole, n := img.holes.Probe(start, length)
+	return format.Extent{Start: start, Length: n, Zero: hole, Allocated: !hole}, nil
 }
 
 // Size is the file size.

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 
@@ -132,7 +131,7 @@ type Image struct {
 	size      int64
 	bmap      []uint32 // the entries the virtual size needs
 	allocated int64    // bytes of the disk in allocated blocks
-	holes     holes
+	holes     format.Holes
 
 	closeOnce sync.Once
 	closeErr  error
@@ -181,11 +180,7 @@ func Open(f format.File, _ format.Options) (*Image, error) {
 		return nil, format.Corruptf("vdi: disk size %d but the block map has room for %d blocks (%d bytes)", size, h.blocksInImage, uint64(h.blocksInImage)*blockSize)
 	}
 	img := &Image{f: f, fileSize: fileSize, h: h, size: size}
-	if of, ok := f.(*format.OSFile); ok {
-		img.holes.f = of.File
-	} else if o, ok := f.(interface{ OSFile() *os.File }); ok {
-		img.holes.f = o.OSFile()
-	}
+	img.holes = format.HolesOf(f)
 	need := (size + blockSize - 1) / blockSize
 	if need > maxMapEntries {
 		return nil, format.Unsupportedf("vdi: %d blocks: block map larger than %d entries", need, maxMapEntries)
@@ -334,7 +329,7 @@ func (img *Image) extentAt(pos, end int64) format.Extent {
 		return format.Extent{Start: pos, Length: min(end, blockEnd) - pos, Zero: true}
 	}
 	host := int64(img.h.offsetData) + int64(e)*blockSize + pos%blockSize
-	hole, n := img.holes.probe(host, min(end, blockEnd)-pos)
+	hole, n := img.holes.Probe(host, min(end, blockEnd)-pos)
 	return format.Extent{Start: pos, Length: n, Allocated: true, Zero: hole}
 }
 

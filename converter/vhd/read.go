@@ -211,7 +211,7 @@ func (img *Image) dynamicExtent(pos, end int64) format.Extent {
 		return format.Extent{Start: pos, Length: min(end, blockEnd) - pos, Zero: true}
 	}
 	host := int64(e)*sectorSize + img.bitmapSize + pos - bi*bs
-	hole, n := img.holes.probe(host, min(end, blockEnd)-pos)
+	hole, n := img.holes.Probe(host, min(end, blockEnd)-pos)
 	return format.Extent{Start: pos, Length: n, Allocated: true, Zero: hole}
 }
 
@@ -269,6 +269,6 @@ func (img *Image) fixedExtent(start, length int64) format.Extent {
 	if start >= img.fileSize {
 		return format.Extent{Start: start, Length: length, Zero: true}
 	}
-	hole, n := img.holes.probe(start, min(length, img.fileSize-start))
+	hole, n := img.holes.Probe(start, min(length, img.fileSize-start))
 	return format.Extent{Start: start, Length: n, Allocated: !hole, Zero: hole}
 }

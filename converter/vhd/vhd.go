@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 
@@ -163,7 +162,7 @@ type Image struct {
 	parentUUID [16]byte
 	bitmaps    *bitmapCache
 
-	holes holes
+	holes format.Holes
 
 	closeOnce sync.Once
 	closeErr  error
@@ -212,11 +211,7 @@ func Open(f format.File, opts format.Options) (*Image, error) {
 	}
 	img.size = sectors * sectorSize
 
-	if of, ok := f.(*format.OSFile); ok {
-		img.holes.f = of.File
-	} else if o, ok := f.(interface{ OSFile() *os.File }); ok {
-		img.holes.f = o.OSFile()
-	}
+	img.holes = format.HolesOf(f)
 	switch img.ft.diskType {
 	case diskFixed:
 		return img, nil

@@ -592,7 +592,7 @@ func (img *Image) extStatus(e *ext, rel, max int64) (grainStatus, int64, error) 
 		return stZero, max, nil
 	case extFlat:
 		st := stFlat
-		hole, n := holeRun(e.f, e.flatOff+rel, max)
+		hole, n := format.HolesOf(e.f).Probe(e.flatOff+rel, max)
 		if hole {
 			st = stHole
 		}

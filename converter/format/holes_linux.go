@@ -1,9 +1,13 @@
-package vdi
+package format
 
 import (
 	"errors"
 	"syscall"
 )
 
-// isENXIO: SEEK_DATA found no data after the offset.
+const (
+	seekData = 3 // SEEK_DATA
+	seekHole = 4 // SEEK_HOLE
+)
+
 func isENXIO(err error) bool { return errors.Is(err, syscall.ENXIO) }

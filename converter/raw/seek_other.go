@@ -1,5 +1,0 @@
-//go:build !linux
-
-package raw
-
-func isENXIO(err error) bool { return false }

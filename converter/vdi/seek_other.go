@@ -1,5 +1,0 @@
-//go:build !linux
-
-package vdi
-
-func isENXIO(err error) bool { return false }

@@ -1,9 +1,0 @@
-package vhd
-
-import (
-	"errors"
-	"syscall"
-)
-
-// isENXIO: SEEK_DATA found no data after the offset.
-func isENXIO(err error) bool { return errors.Is(err, syscall.ENXIO) }

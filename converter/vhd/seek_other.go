@@ -1,5 +1,0 @@
-//go:build !linux
-
-package vhd
-
-func isENXIO(err error) bool { return false }
