@@ -213,7 +213,7 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	o := Options{}
 	o.Validate()
-	if o.Connections != DefaultConnections || o.BlockSize != DefaultBlockSize || o.CacheSize != DefaultCacheSize || o.Retries != DefaultRetries {
+	if o.Connections != DefaultConnections || o.BlockSize != DefaultBlockSize || o.CacheSize != DefaultCacheSize || o.retries != DefaultRetries {
 		t.Fatalf("defaults %+v", o)
 	}
 }

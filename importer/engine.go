@@ -7,7 +7,6 @@ import (
 	"hash/crc32"
 	"io"
 	"math/bits"
-	"os"
 	"sync"
 	"time"
 
@@ -24,14 +23,19 @@ import (
 //   - a block in the window [H, H+capB) that a reader waits for is fetched
 //     next, out of order if need be (it stays cached until hashed, within
 //     the bound);
-//   - a small read beyond the window (headers, tables, footers) is served
-//     by a separate ranged request of aligned 4 KiB chunks, kept in a
-//     small metadata cache; its bytes are checked against the in-order
-//     stream when the stream gets there (SHA-256 ledger);
+//   - a small read (≤ 256 KiB) well ahead of the window and of what the
+//     converter reads (headers, tables, footers), or in the window when
+//     fetching its block would evict unread data, is served by a separate
+//     ranged request of aligned 4 KiB chunks, kept in a small metadata
+//     cache; its bytes are checked against the in-order stream when the
+//     stream gets there (SHA-256 ledger);
 //   - a large read beyond the window waits: read-ahead then evicts even
 //     blocks not yet read so that the window moves;
-//   - a block behind H that was evicted is fetched again whole (counted)
-//     and checked against the CRC-32C recorded when it was hashed.
+//   - bytes behind H that were evicted are fetched again (counted): the
+//     64 KiB segments around a small read, else the whole block, checked
+//     against the CRC-32C of each segment recorded when it was hashed.
+//     Units that small reads touched twice (tables a reader goes back to)
+//     move to the metadata cache when their block is evicted.
 //
 // Read-ahead only evicts blocks the converter is done with (read in full,
 // or left well behind the furthest block read in full: metadata and
@@ -85,8 +89,6 @@ type remote struct {
 
 	// Counters for tests and tuning.
 	nRefetch, nMeta, nMetaBytes, nEvictUnread int64
-	trace                                     [][3]int64
-	dumped                                    map[int]bool
 
 	finished bool
 	sha      string
@@ -136,6 +138,10 @@ type ledgerEntry struct {
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type remoteConfig struct {
+	// life and stop, if set, are the context requests run under and its
+	// cancel (openHTTP made them for the probe, whose body block 0 reads).
+	life    context.Context
+	stop    context.CancelCauseFunc
 	name    string
 	size    int64
 	fetch   blockFetcher
@@ -185,7 +191,10 @@ func newRemote(ctx context.Context, c remoteConfig) *remote {
 		r.conns = 1
 	}
 	r.prog.SetTotal(r.size)
-	r.ctx, r.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	r.ctx, r.cancel = c.life, c.stop
+	if r.ctx == nil {
+		r.ctx, r.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	}
 	// The caller's context bounds the whole import: its end stops every
 	// goroutine and fails pending reads.
 	r.stopWatch = context.AfterFunc(ctx, func() {
@@ -226,11 +235,7 @@ func (r *remote) worker() {
 		if b == nil {
 			return
 		}
-		t0 := time.Now()
 		err := r.fetch.fetch(r.ctx, int64(b.idx)*r.bs, b.data, first)
-		if debugEngine && time.Since(t0) > 20*time.Millisecond {
-			println("slow fetch", b.idx, time.Since(t0).String())
-		}
 		if err == nil && b.refetch {
 			err = r.checkCRC(int64(b.idx)*r.bs, b.data)
 		}
@@ -262,9 +267,6 @@ func (r *remote) nextJobLocked() (*block, io.ReadCloser) {
 				b := &block{idx: idx, data: buf[:n], refetch: idx < r.H, hashed: idx < r.H}
 				if b.refetch {
 					r.nRefetch++
-					if debugEngine {
-						println("refetch", idx, "H", r.H, "frontier", r.frontier)
-					}
 				}
 				b.nUnits = int((n + unitSize - 1) / unitSize)
 				words := (b.nUnits + 63) / 64
@@ -338,9 +340,6 @@ func (r *remote) slotLocked(aggressive bool) []byte {
 		r.nEvictUnread++
 	}
 	r.keepHotLocked(victim)
-	if debugEngine {
-		println("evict", victim.idx, "class", vclass, "consumed", victim.consumed, "/", victim.nUnits, "H", r.H, "frontier", r.frontier, "far", r.far, "want", len(r.want), "completing", r.completing)
-	}
 	delete(r.blocks, victim.idx)
 	return victim.data[:cap(victim.data)]
 }
@@ -449,11 +448,7 @@ func (r *remote) hashLoop() {
 		}
 		r.mu.Unlock()
 
-		t0 := time.Now()
 		r.h.write(b.data)
-		if debugEngine && time.Since(t0) > 5*time.Millisecond {
-			println("slow hash", b.idx, time.Since(t0).String())
-		}
 		crcs := make([]uint32, 0, (int64(len(b.data))+r.seg-1)/r.seg)
 		for o := int64(0); o < int64(len(b.data)); o += r.seg {
 			crcs = append(crcs, crc32.Checksum(b.data[o:min(o+r.seg, int64(len(b.data)))], castagnoli))
@@ -532,18 +527,62 @@ const maxMetaRead = 256 << 10
 func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 	off := int64(idx)*r.bs + in
 	r.mu.Lock()
+	// The demand this reader has registered, so that workers see it; it
+	// changes (and wakes them) only when the reader's situation does:
+	// re-registering on every wake-up would make waiting readers wake one
+	// another in a storm.
+	const (
+		none = iota
+		want
+		refetch
+		far
+	)
+	reg := none
+	setDemand := func(k int) {
+		if k == reg {
+			return
+		}
+		switch reg {
+		case want, refetch:
+			m := r.want
+			if reg == refetch {
+				m = r.refetch
+			}
+			if m[idx]--; m[idx] <= 0 {
+				delete(m, idx)
+			}
+		case far:
+			r.far--
+		}
+		switch k {
+		case want:
+			r.want[idx]++
+		case refetch:
+			r.refetch[idx]++
+		case far:
+			r.far++
+		}
+		reg = k
+		if k != none {
+			r.cond.Broadcast()
+		}
+	}
+	done := func() { setDemand(none) }
 	for {
 		if r.err != nil {
+			done()
 			err := r.err
 			r.mu.Unlock()
 			return err
 		}
 		if r.closed {
+			done()
 			r.mu.Unlock()
 			return fmt.Errorf("read %s: %w", r.name, ErrClosed)
 		}
 		b := r.blocks[idx]
 		if b != nil && b.ready {
+			done()
 			b.pins++
 			r.touchLocked(b, in, int64(len(dst)), small)
 			r.mu.Unlock()
@@ -557,15 +596,15 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 			return nil
 		}
 		if !r.seq && r.metaHitLocked(dst, off) {
+			done()
 			r.mu.Unlock()
 			return nil
 		}
-		var m map[int]int
-		var counter *int
 		switch {
 		case b != nil: // in flight: wait for it
 		case idx < r.H:
 			if r.seq {
+				done()
 				r.mu.Unlock()
 				return fmt.Errorf("read %s at offset %d: the server does not support range requests and these bytes were already dropped from the cache: %w", r.name, off, ErrNeedScratch)
 			}
@@ -573,48 +612,22 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 			// block; unless it follows the previous one (a reader going
 			// through the block): then the block is worth it.
 			if small && (off < r.lastBehind-r.seg || off > r.lastBehind+r.seg) {
+				done()
 				r.lastBehind = off + int64(len(dst))
 				r.mu.Unlock()
 				return r.readMeta(dst, off, r.seg)
 			}
-			m = r.refetch
-			if debugEngine && r.refetch[idx] == 0 && !r.dumped[idx] {
-				if r.dumped == nil {
-					r.dumped = map[int]bool{}
-				}
-				r.dumped[idx] = true
-				println("read behind", off, len(dst), "block", idx, "H", r.H, "frontier", r.frontier, "tick", r.tick)
-				for _, t := range r.trace {
-					if t[0]/r.bs == int64(idx) {
-						println("   earlier read", t[0], t[1], "tick", t[2])
-					}
-				}
-			}
+			setDemand(refetch)
 		case small && !r.seq && r.sideReadLocked(idx):
+			done()
 			r.mu.Unlock()
 			return r.readMeta(dst, off, metaChunk)
 		case idx >= r.H+r.capB:
-			counter = &r.far
+			setDemand(far)
 		default:
-			m = r.want
+			setDemand(want)
 		}
-		// Register the demand while waiting, so that workers see it.
-		if m != nil {
-			m[idx]++
-		}
-		if counter != nil {
-			*counter++
-		}
-		r.cond.Broadcast()
 		r.cond.Wait()
-		if m != nil {
-			if m[idx]--; m[idx] <= 0 {
-				delete(m, idx)
-			}
-		}
-		if counter != nil {
-			*counter--
-		}
 	}
 }
 
@@ -663,9 +676,6 @@ func (r *remote) keepHotLocked(b *block) {
 func (r *remote) touchLocked(b *block, in, n int64, small bool) {
 	r.tick++
 	b.lastTime = time.Now()
-	if debugEngine {
-		r.trace = append(r.trace, [3]int64{int64(b.idx)*r.bs + in, n, r.tick})
-	}
 	b.lastUse = r.tick
 	if small {
 		for u := int(in / unitSize); u < int((in+n+unitSize-1)/unitSize); u++ {
@@ -769,9 +779,6 @@ func (r *remote) readMeta(dst []byte, off int64, align int64) error {
 	r.mu.Lock()
 	r.nMeta++
 	r.nMetaBytes += hi - lo
-	if debugEngine {
-		println("meta", lo, hi-lo, "block", lo/r.bs, "H", r.H, "frontier", r.frontier, "next", r.next, "cached", len(r.blocks))
-	}
 	r.mu.Unlock()
 	err := r.fetch.fetch(r.ctx, lo, buf, nil)
 	if err == nil && align == r.seg {
@@ -892,10 +899,3 @@ func (r *remote) Close() error {
 	}
 	return nil
 }
-
-// stats returns the counters so far (tests).
-func (r *remote) counters() (bytes, requests, retries int64) {
-	return r.st.bytes.Load(), r.st.requests.Load(), r.st.retries.Load()
-}
-
-var debugEngine = os.Getenv("FERRY_DEBUG_ENGINE") != ""

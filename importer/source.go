@@ -121,10 +121,8 @@ func expectedChecksum(ctx context.Context, src string, o *Options) (alg, hexsum 
 // Source: when it ends, fetching stops and reads fail. Open does not read
 // stdin ("-"): use OpenStream or OpenImage.
 func Open(ctx context.Context, src string, o Options) (Source, error) {
-	if !o.validated {
-		if err := o.Validate(); err != nil {
-			return nil, err
-		}
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	kind, loc, err := classify(src)
 	if err != nil {
@@ -147,7 +145,19 @@ func Open(ctx context.Context, src string, o Options) (Source, error) {
 }
 
 func newFetcher(be backend, st *stats, o *Options) *fetcher {
-	return &fetcher{be: be, st: st, retries: o.Retries, base: o.retryBase, raMax: o.retryAfterMax, stall: o.Timeout}
+	return &fetcher{be: be, st: st, retries: o.retries, base: o.retryBase, raMax: o.retryAfterMax, stall: o.Timeout}
+}
+
+// lifetime returns the context a remote source's requests run under: it
+// ends when ctx does or when the source is closed (stop), so that a body
+// opened by the probe stops with the rest.
+func lifetime(ctx context.Context) (context.Context, context.CancelCauseFunc) {
+	life, stop := context.WithCancelCause(context.WithoutCancel(ctx))
+	after := context.AfterFunc(ctx, func() { stop(context.Cause(ctx)) })
+	return life, func(err error) {
+		after()
+		stop(err)
+	}
 }
 
 func openHTTP(ctx context.Context, src string, o *Options, alg, expects string) (Source, error) {
@@ -155,24 +165,28 @@ func openHTTP(ctx context.Context, src string, o *Options, alg, expects string) 
 	if err != nil {
 		return nil, err
 	}
+	life, stop := lifetime(ctx)
 	st := &stats{}
 	f := newFetcher(be, st, o)
-	pr, err := be.probe(ctx, f, o.BlockSize)
+	pr, err := be.probe(life, f, o.BlockSize)
 	if err != nil {
+		stop(err)
 		return nil, err
 	}
-	cfg := remoteConfig{name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects}
+	cfg := remoteConfig{life: life, stop: stop, name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects}
 	if pr.ranges {
 		return newRemote(ctx, cfg), nil
 	}
 	// No Range support: one stream, read once, in order.
 	sf := &seqFetcher{f: f, be: be, body: pr.body, size: pr.size}
 	if o.Scratch != "" {
-		s := &seqStream{sf: sf, ctx: ctx}
-		return spoolHashed(ctx, s, be.display, pr.size, o, alg, expects, st)
+		defer stop(nil)
+		s := &seqStream{sf: sf, ctx: life}
+		return spoolHashed(life, s, be.display, pr.size, o, alg, expects, st)
 	}
 	if pr.size < 0 {
 		pr.body.Close()
+		stop(nil)
 		return nil, fmt.Errorf("fetch %s: the server supports no range requests and sends no Content-Length: %w", be.display, ErrNeedScratch)
 	}
 	cfg.fetch, cfg.first, cfg.seq = sf, nil, true

@@ -89,9 +89,9 @@ func (s *spoolSource) Close() error {
 
 // hashingReader hashes what it reads.
 type hashingReader struct {
-	r    io.Reader
-	h    *hasher
-	o    *Options
+	r io.Reader
+	h *hasher
+	o *Options
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {

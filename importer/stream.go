@@ -44,10 +44,8 @@ type Stream struct {
 // remote source (read with the parallel fetcher). It is hashed as it is
 // read; the expected checksum, if any, is checked at the end of the data.
 func OpenStream(ctx context.Context, src string, o Options) (*Stream, error) {
-	if !o.validated {
-		if err := o.Validate(); err != nil {
-			return nil, err
-		}
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	kind, loc, err := classify(src)
 	if err != nil {
@@ -95,20 +93,30 @@ func openHTTPStream(ctx context.Context, src string, o *Options, alg, expects st
 	if err != nil {
 		return nil, err
 	}
+	life, stop := lifetime(ctx)
 	st := &stats{}
 	f := newFetcher(be, st, o)
-	pr, err := be.probe(ctx, f, o.BlockSize)
+	pr, err := be.probe(life, f, o.BlockSize)
 	if err != nil {
+		stop(err)
 		return nil, err
 	}
 	if pr.ranges {
-		r := newRemote(ctx, remoteConfig{name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects})
+		r := newRemote(ctx, remoteConfig{life: life, stop: stop, name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects})
 		return streamOf(ctx, r), nil
 	}
-	ss := &seqStream{sf: &seqFetcher{f: f, be: be, body: pr.body, size: pr.size}, ctx: ctx}
+	ss := &seqStream{sf: &seqFetcher{f: f, be: be, body: pr.body, size: pr.size}, ctx: life}
 	o.Progress.SetTotal(pr.size)
-	return &Stream{ctx: ctx, name: be.display, size: pr.size, r: ss, closer: ss, h: newHasher(alg, expects), st: st, o: o}, nil
+	return &Stream{ctx: ctx, name: be.display, size: pr.size, r: ss, closer: closerFunc(func() error {
+		ss.Close()
+		stop(ErrClosed)
+		return nil
+	}), h: newHasher(alg, expects), st: st, o: o}, nil
 }
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // Name is the source's redacted name.
 func (s *Stream) Name() string { return s.name }

@@ -310,6 +310,12 @@ func (t *DataVolumeTarget) fail(err error) error {
 
 // requestedSize is the DataVolume's storage request for img.
 func (t *DataVolumeTarget) requestedSize(virtual int64) (int64, error) {
+	if virtual <= 0 {
+		if t.o.Size <= 0 {
+			return 0, errors.New("the image's virtual size is unknown before the stream ends (a compressed RAW): pass a size")
+		}
+		return t.o.Size, nil
+	}
 	if t.o.Size > 0 {
 		if t.o.Size < virtual {
 			return 0, fmt.Errorf("%w: --size %d < %d bytes", ErrTooSmall, t.o.Size, virtual)
@@ -535,7 +541,10 @@ func (t *DataVolumeTarget) deleteAndWait(ctx context.Context, obj client.Object)
 // create makes the DataVolume (source from src, or upload), or the
 // VMDisk.
 func (t *DataVolumeTarget) create(ctx context.Context, size int64, img Image, src *cdiv1.DataVolumeSource) error {
-	ann := map[string]string{AnnVirtualSize: strconv.FormatInt(img.VirtualSize, 10)}
+	ann := map[string]string{}
+	if img.VirtualSize > 0 {
+		ann[AnnVirtualSize] = strconv.FormatInt(img.VirtualSize, 10)
+	}
 	if img.SourceURL != "" {
 		ann[AnnSource] = redactURL(img.SourceURL)
 	}

@@ -32,7 +32,9 @@ type RawSource func(ctx context.Context) (io.ReadCloser, error)
 type Image struct {
 	// Open streams the RAW image.
 	Open RawSource
-	// VirtualSize is the RAW size in bytes.
+	// VirtualSize is the RAW size in bytes; 0 or -1 when only the stream's
+	// end tells (a compressed RAW): S3 takes it as is, a DataVolume then
+	// needs an explicit Size.
 	VirtualSize int64
 	// SourceURL names the original image (recorded on the target).
 	SourceURL string
@@ -46,9 +48,6 @@ type Image struct {
 func (img *Image) validate() error {
 	if img.Open == nil {
 		return errors.New("image: no RAW source")
-	}
-	if img.VirtualSize <= 0 {
-		return fmt.Errorf("image: virtual size %d must be positive", img.VirtualSize)
 	}
 	return nil
 }

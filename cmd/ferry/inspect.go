@@ -15,7 +15,8 @@ import (
 )
 
 func newInspectCmd() *cobra.Command {
-	var output, fmtName, allowDir string
+	var output string
+	var src sourceFlags
 	cmd := &cobra.Command{
 		Use:   "inspect SRC",
 		Short: "Describe a disk image (like qemu-img info)",
@@ -24,33 +25,57 @@ func newInspectCmd() *cobra.Command {
 			if output != "" && output != "json" {
 				return usageError{fmt.Errorf("--output %q: only json is supported", output)}
 			}
-			info, err := pipeline.Inspect(args[0], fmtName, allowDir)
+			fo, err := src.options(nil)
+			if err != nil {
+				return err
+			}
+			rep, err := pipeline.Inspect(cmd.Context(), args[0], pipeline.InputOptions{Fetch: fo, Format: src.format, AllowDir: src.allowDir})
 			if err != nil {
 				return err
 			}
 			if output == "json" {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(info)
+				return enc.Encode(rep)
 			}
-			printInfo(os.Stdout, args[0], info, "")
+			printReport(os.Stdout, rep)
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
-	cmd.Flags().StringVarP(&fmtName, "format", "f", "", "image format, skipping detection")
-	cmd.Flags().StringVar(&allowDir, "allow-dir", "", "directory inside which referenced files may be followed (default: the image's directory)")
+	src.register(cmd.Flags())
 	return cmd
+}
+
+func printReport(w io.Writer, r *pipeline.InspectReport) {
+	p := func(k string, v any) { fmt.Fprintf(w, "%-18s %v\n", k+":", v) }
+	p("source", r.Source)
+	if r.Wrapper != "" {
+		p("compressed with", r.Wrapper)
+	}
+	for _, d := range r.OVADisks {
+		p("ova disk", fmt.Sprintf("%s (%s)", d.Name, humanBytes(d.Size)))
+	}
+	if r.OVADisk != "" {
+		p("image in ova", r.OVADisk)
+	}
+	printInfo(w, "", r.Info, "")
 }
 
 func printInfo(w io.Writer, name string, in format.Info, indent string) {
 	p := func(k string, v any) { fmt.Fprintf(w, "%s%-18s %v\n", indent, k+":", v) }
-	p("image", name)
+	if name != "" {
+		p("image", name)
+	}
 	p("file format", in.Format)
 	if in.Subformat != "" {
 		p("subformat", in.Subformat)
 	}
-	p("virtual size", fmt.Sprintf("%s (%d bytes)", humanBytes(in.VirtualSize), in.VirtualSize))
+	if in.VirtualSize >= 0 {
+		p("virtual size", fmt.Sprintf("%s (%d bytes)", humanBytes(in.VirtualSize), in.VirtualSize))
+	} else {
+		p("virtual size", "unknown until the stream is read")
+	}
 	p("file size", fmt.Sprintf("%s (%d bytes)", humanBytes(in.FileSize), in.FileSize))
 	p("allocated bytes", fmt.Sprintf("%s (%d bytes)", humanBytes(in.AllocatedBytes), in.AllocatedBytes))
 	if in.ClusterSize > 0 {

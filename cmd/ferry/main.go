@@ -13,7 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hikube/ferry/converter"
 	"github.com/hikube/ferry/converter/format"
+	"github.com/hikube/ferry/importer"
 )
 
 // Exit codes.
@@ -22,6 +24,7 @@ const (
 	exitFailure     = 1
 	exitUsage       = 2
 	exitBadImage    = 3 // corrupt, unsupported or unsafe image
+	exitChecksum    = 4 // the source does not match its published checksum
 	exitInterrupted = 130
 )
 
@@ -41,8 +44,12 @@ func run(args []string) int {
 		return exitOK
 	}
 	var ue usageError
+	var ce *importer.ChecksumError
 	switch {
-	case errors.As(err, &ue):
+	case errors.As(err, &ce):
+		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
+		return exitChecksum
+	case errors.As(err, &ue), errors.Is(err, converter.ErrNeedsRandomAccess), errors.Is(err, importer.ErrNeedScratch):
 		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
 		return exitUsage
 	case ctx.Err() != nil:
@@ -70,7 +77,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newConvertCmd(), newInspectCmd())
+	root.AddCommand(newConvertCmd(), newInspectCmd(), newImportCmd())
 	root.AddCommand(newVMCmd(), newVerifyCmd())
 	return root
 }

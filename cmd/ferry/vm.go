@@ -6,10 +6,14 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -54,8 +58,22 @@ func lifecycleScheme() (*runtime.Scheme, error) {
 	return s, lifecycle.AddToScheme(s)
 }
 
+var quietLogs sync.Once
+
+// silenceLibraryLogs: client-go (klog) and controller-runtime log on
+// their own ("Unexpected error when reading response body" when a wait
+// is cancelled, "log.SetLogger(...) was never called"); ferry reports
+// errors itself.
+func silenceLibraryLogs() {
+	quietLogs.Do(func() {
+		klog.SetLogger(logr.Discard())
+		ctrllog.SetLogger(logr.Discard())
+	})
+}
+
 // client connects to the cluster the flags select.
 func (f *vmFlags) client() (*lifecycle.Client, error) {
+	silenceLibraryLogs()
 	cfg, ns, err := kube.Config(kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace, UserAgent: "ferry/" + version})
 	if err != nil {
 		return nil, err

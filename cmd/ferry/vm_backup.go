@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,11 +15,6 @@ import (
 	"github.com/hikube/ferry/pkg/lifecycle"
 	"github.com/hikube/ferry/pkg/progress"
 )
-
-// backupDiskImporter fills a DataVolume from a backup's RAW image for
-// `vm restore-backup`: the `ferry import` pipeline once it is wired (see
-// vm_import.go); nil means not available in this build.
-var backupDiskImporter lifecycle.DiskImporter
 
 func newVMBackupCmd() *cobra.Command {
 	var (
@@ -55,11 +49,11 @@ Restore a disk with: ferry import s3://…/STAMP/VOLUME.raw dv://NAME
 				return err
 			}
 			o.Namespace, o.VM, o.Link, o.Timeout, o.Version = f.namespace, args[0], exportv1.ExportVolumeFormat(link), f.timeout, version
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
 			if unschedule {
+				lc, err := f.client()
+				if err != nil {
+					return err
+				}
 				done, err := lc.Unschedule(cmd.Context(), f.namespace, args[0])
 				if err != nil {
 					return err
@@ -72,11 +66,19 @@ Restore a disk with: ferry import s3://…/STAMP/VOLUME.raw dv://NAME
 			if err := o.Validate(); err != nil {
 				return usageError{fmt.Errorf("vm backup: %w", err)}
 			}
+			so := lifecycle.ScheduleOptions{Backup: o, Schedule: schedule, Image: image, S3Secret: secret, TimeZone: tz}
 			if schedule != "" {
-				so := lifecycle.ScheduleOptions{Backup: o, Schedule: schedule, Image: image, S3Secret: secret, TimeZone: tz}
 				if err := so.Validate(); err != nil {
 					return usageError{fmt.Errorf("vm backup: %w", err)}
 				}
+			} else if dryRun {
+				return usageError{errors.New("vm backup: --dry-run applies to --schedule")}
+			}
+			lc, err := f.client()
+			if err != nil {
+				return err
+			}
+			if schedule != "" {
 				if dryRun {
 					objs, err := lc.PlanSchedule(cmd.Context(), so)
 					if err != nil {
@@ -92,9 +94,6 @@ Restore a disk with: ferry import s3://…/STAMP/VOLUME.raw dv://NAME
 					fmt.Fprintf(w, "scheduled backup of vm %s/%s (%s): CronJob %s runs: %s\n", res.Namespace, args[0], schedule, res.CronJob, strings.Join(res.Command, " "))
 					fmt.Fprintf(w, "installed %s\n", strings.Join(res.Objects, ", "))
 				})
-			}
-			if dryRun {
-				return usageError{errors.New("vm backup: --dry-run applies to --schedule")}
 			}
 			m := &meter{stage: "backup"}
 			o.Progress = &progress.Counter{}
@@ -190,12 +189,7 @@ backup directory (…/VM/STAMP), its manifest.json, or the VM's directory
 				return err
 			}
 			o.Backup, o.Namespace, o.DryRun = args[0], f.namespace, dryRun
-			o.Import = backupDiskImporter
-			if o.Import == nil {
-				o.Import = func(context.Context, string, string, lifecycle.DiskTarget) error {
-					return errors.New("this ferry build has no DataVolume import (ferry import dv://)")
-				}
-			}
+			o.Import = backupImporter(&f, o.S3)
 			if err := o.Validate(); err != nil {
 				return usageError{fmt.Errorf("vm restore-backup: %w", err)}
 			}

@@ -203,7 +203,11 @@ and target nodes and how long the migration took.`,
 					fmt.Fprintf(w, "migration %s of vm %s/%s created (from %s)\n", res.Migration, res.Namespace, res.VM, orDash(res.SourceNode))
 					return
 				}
-				fmt.Fprintf(w, "vm %s/%s migrated from %s to %s in %.1fs (%s)\n", res.Namespace, res.VM, orDash(res.SourceNode), orDash(res.TargetNode), res.DurationSeconds, res.Migration)
+				secs := res.DurationSeconds
+				if secs < 1 {
+					secs = res.ObservedSeconds
+				}
+				fmt.Fprintf(w, "vm %s/%s migrated from %s to %s in %.1fs (%s)\n", res.Namespace, res.VM, orDash(res.SourceNode), orDash(res.TargetNode), secs, res.Migration)
 			})
 		},
 	}

@@ -54,8 +54,9 @@ type BackupOptions struct {
 	// object stored is RAW either way.
 	Link exportv1.ExportVolumeFormat
 	// Attempts per volume (default 2; the raw link also resumes within an
-	// attempt).
-	Attempts int
+	// attempt, up to Retries times per request: 0 is the importer's
+	// default, negative none).
+	Attempts, Retries int
 	// Timeout bounds each wait (snapshot, export readiness); 0: 10 min.
 	Timeout time.Duration
 	// Progress counts bytes stored.
@@ -180,7 +181,7 @@ func (c *Client) Backup(ctx context.Context, o BackupOptions) (*BackupResult, er
 	res := &BackupResult{Location: dir.String(), Manifest: m}
 	labels := managedLabels(vm.Name)
 	labels[backupLabelKey] = stamp
-	objName := "ferry-" + vm.Name + "-" + strings.ToLower(stamp)
+	objName := exportName("ferry-" + vm.Name + "-" + strings.ToLower(stamp))
 
 	// Export source: the VM itself when stopped, else an online snapshot.
 	source := corev1.TypedLocalObjectReference{APIGroup: ptr(kubevirtv1.SchemeGroupVersion.Group), Kind: "VirtualMachine", Name: vm.Name}
@@ -333,6 +334,7 @@ func (c *Client) copyVolume(ctx context.Context, s *exportSession, hc *http.Clie
 			st, err := importer.OpenStream(ctx, u, importer.Options{
 				Headers:    http.Header{ExportTokenHeader: []string{s.token}},
 				HTTPClient: hc,
+				Retries:    o.Retries,
 			})
 			if err != nil {
 				return "", 0, fmt.Errorf("open %s: %w", redact(u), err)

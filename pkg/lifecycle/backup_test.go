@@ -181,7 +181,7 @@ func TestBackup(t *testing.T) {
 	kv.SetExportFault(kubevirt.ExportFault{BreakAt: 2 << 20, Times: -1})
 	defer kv.SetExportFault(kubevirt.ExportFault{})
 	lc.Now = func() time.Time { return time.Date(2025, 11, 4, 3, 0, 0, 0, time.UTC) }
-	_, err = lc.Backup(ctx, lifecycle.BackupOptions{VM: "bk", To: "s3://backups/hikube", S3: s3o, Keep: 1})
+	_, err = lc.Backup(ctx, lifecycle.BackupOptions{VM: "bk", To: "s3://backups/hikube", S3: s3o, Keep: 1, Retries: 2})
 	mustContain(t, err, "backup vm "+ns+"/bk: copy volume rootdisk (claim bk-root)")
 	if keys := listKeys(t, srv, "backups", "hikube/bk/20251104T030000Z/"); len(keys) != 0 {
 		t.Fatalf("failed backup left %v", keys)
@@ -195,7 +195,7 @@ func TestBackup(t *testing.T) {
 
 	// Restore the whole VM from the newest backup, as another VM.
 	imported := map[string]bool{}
-	rb, err := lc.RestoreBackup(ctx, lifecycle.RestoreBackupOptions{Backup: "s3://backups/hikube/bk", S3: s3o, Name: "bk-copy",
+	rb, err := lc.RestoreBackup(ctx, lifecycle.RestoreBackupOptions{Backup: "s3://backups/hikube/bk", S3: s3o, Name: "bk-copy", RunStrategy: "Always",
 		Import: func(ctx context.Context, src, checksum string, dst lifecycle.DiskTarget) error {
 			// `ferry import` in the CLI; here: read, check, land.
 			key := strings.TrimPrefix(src, "s3://backups/")
@@ -212,13 +212,11 @@ func TestBackup(t *testing.T) {
 	if !strings.HasSuffix(rb.Backup, "/20251103T030000Z") || rb.Disks["rootdisk"] != "bk-copy-rootdisk" || !imported["bk-copy-data1"] {
 		t.Fatalf("restore-backup %+v", rb)
 	}
+	// The recorded run strategy was Halted (stopped above); RunStrategy
+	// overrode it.
 	st, err := lc.WaitReady(ctx, ns, "bk-copy", time.Minute)
 	if err != nil {
-		// The recorded run strategy is Halted (stopped above): start it.
-		if _, err := lc.Power(ctx, lifecycle.ActionStart, lifecycle.PowerOptions{Name: "bk-copy", Wait: true, Timeout: time.Minute}); err != nil {
-			t.Fatal(err)
-		}
-		st, _ = lc.Get(ctx, ns, "bk-copy")
+		t.Fatal(err)
 	}
 	if !bytes.Equal(kv.Disk(ns, "bk-copy-rootdisk"), root) || st.Disks[0].Claim != "bk-copy-rootdisk" {
 		t.Fatalf("restored vm %+v", st)

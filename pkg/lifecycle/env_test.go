@@ -44,9 +44,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// userRules: ferry import's least privilege plus the lifecycle commands'.
+// userRules: exactly the lifecycle commands' documented least privilege
+// (ferry import's is kube.FerryRules; a real user holds both).
 func userRules() []rbacv1.PolicyRule {
-	return append(slices.Clone(kube.FerryRules), lifecycle.UserRules...)
+	return slices.Clone(lifecycle.UserRules)
 }
 
 // cluster starts (once) the control plane and the fake KubeVirt. A

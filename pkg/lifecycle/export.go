@@ -26,6 +26,21 @@ const ExportTokenHeader = "x-kubevirt-export-token"
 // removes it after that.
 const DefaultExportTTL = 2 * time.Hour
 
+// exportName makes a unique export name from base: KubeVirt names the
+// export's Service virt-export-NAME, a DNS label (63 characters), and a
+// deleted export's token Secret may linger until garbage-collected, so
+// names are never reused.
+func exportName(base string) string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	suffix := "-" + hex.EncodeToString(b)
+	const max = 63 - len("virt-export-")
+	if len(base)+len(suffix) > max {
+		base = base[:max-len(suffix)]
+	}
+	return strings.TrimRight(base, "-.") + suffix
+}
+
 // exportSession is a ready VirtualMachineExport: its links and token.
 type exportSession struct {
 	ns, name string

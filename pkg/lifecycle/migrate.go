@@ -33,9 +33,11 @@ type MigrationResult struct {
 	Phase      string `json:"phase"`
 	SourceNode string `json:"sourceNode,omitempty"`
 	TargetNode string `json:"targetNode,omitempty"`
-	// DurationSeconds is from the migration's start to its end, as
-	// KubeVirt recorded them.
-	DurationSeconds float64 `json:"durationSeconds,omitempty"`
+	// DurationSeconds is from the migration's start to its end as KubeVirt
+	// recorded them (whole seconds: API timestamps); ObservedSeconds is
+	// from ferry creating the migration to seeing it succeed.
+	DurationSeconds float64 `json:"durationSeconds"`
+	ObservedSeconds float64 `json:"observedSeconds,omitempty"`
 	FailureReason   string  `json:"failureReason,omitempty"`
 }
 
@@ -134,6 +136,7 @@ func (c *Client) Migrate(ctx context.Context, o MigrateOptions) (*MigrationResul
 		ObjectMeta: metav1.ObjectMeta{GenerateName: vmi.Name + "-migration-", Namespace: ns, Labels: managedLabels(vmi.Name)},
 		Spec:       kubevirtv1.VirtualMachineInstanceMigrationSpec{VMIName: vmi.Name},
 	}
+	created := c.now()
 	if err := c.Kube.Create(ctx, m); err != nil {
 		return nil, fail("create VirtualMachineInstanceMigration", err)
 	}
@@ -162,6 +165,7 @@ func (c *Client) Migrate(ctx context.Context, o MigrateOptions) (*MigrationResul
 		}
 		switch got.Status.Phase {
 		case kubevirtv1.MigrationSucceeded:
+			res.ObservedSeconds = c.now().Sub(created).Seconds()
 			return true, "", nil
 		case kubevirtv1.MigrationFailed:
 			reason := res.FailureReason

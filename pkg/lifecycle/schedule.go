@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -53,11 +54,15 @@ var UserRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"cdi.kubevirt.io"}, Resources: []string{"datavolumes/source"}, Verbs: []string{"create"}},
 	{APIGroups: []string{"apps.cozystack.io"}, Resources: []string{"vminstances", "vmdisks"}, Verbs: []string{"get", "create", "patch", "delete"}},
 	{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"get", "delete"}},
-	{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "patch"}},
-	// --schedule installs a CronJob and its least-privilege identity.
-	{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"get", "create", "update"}},
-	{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: []string{"get", "create", "update"}},
-	{APIGroups: []string{"batch"}, Resources: []string{"cronjobs"}, Verbs: []string{"get", "create", "update"}},
+	// Secrets: export tokens and cloud-init user data (create), ownership
+	// of the latter (patch); the schedule's S3 credentials (update on a
+	// re-run, delete on --unschedule). ferry never reads a secret.
+	{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create", "patch", "update", "delete"}},
+	// --schedule installs a CronJob and its least-privilege identity;
+	// --unschedule removes them.
+	{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: []string{"get", "create", "update", "delete"}},
+	{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: []string{"get", "create", "update", "delete"}},
+	{APIGroups: []string{"batch"}, Resources: []string{"cronjobs"}, Verbs: []string{"get", "create", "update", "delete"}},
 }
 
 // ScheduleOptions configure ScheduleBackup.
@@ -288,6 +293,14 @@ func (c *Client) apply(ctx context.Context, obj client.Object) error {
 	err := c.Kube.Create(ctx, obj)
 	if err == nil || !apierrors.IsAlreadyExists(err) {
 		return err
+	}
+	if sec, ok := obj.(*corev1.Secret); ok {
+		// Overwrite without reading it: ferry never reads secrets.
+		patch, err := json.Marshal(map[string]any{"stringData": sec.StringData})
+		if err != nil {
+			return err
+		}
+		return c.Kube.Patch(ctx, sec, client.RawPatch(types.MergePatchType, patch))
 	}
 	cur := obj.DeepCopyObject().(client.Object)
 	if err := c.Kube.Get(ctx, types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}, cur); err != nil {

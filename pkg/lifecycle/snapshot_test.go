@@ -128,7 +128,7 @@ func TestMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Phase != "Succeeded" || res.SourceNode == "" || res.TargetNode == "" || res.SourceNode == res.TargetNode || res.DurationSeconds <= 0 {
+	if res.Phase != "Succeeded" || res.SourceNode == "" || res.TargetNode == "" || res.SourceNode == res.TargetNode || res.ObservedSeconds <= 0 || res.DurationSeconds < 0 {
 		t.Fatalf("migration %+v", res)
 	}
 	st, _ := lc.Get(ctx, ns, "mig")

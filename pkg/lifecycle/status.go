@@ -128,7 +128,10 @@ func (c *Client) Get(ctx context.Context, ns, name string) (*VMStatus, error) {
 			}
 		}
 		found, status, reason, msg := vmiCondition(vmi, kubevirtv1.VirtualMachineInstanceReady)
-		st.Ready = vmi.Status.Phase == kubevirtv1.Running && found && status == corev1.ConditionTrue
+		// "Ready" is the VM's own report (status.ready, which KubeVirt
+		// derives from the instance's Ready condition), confirmed by the
+		// instance: either alone may lag behind the other.
+		st.Ready = vm.Status.Ready && vmi.Status.Phase == kubevirtv1.Running && found && status == corev1.ConditionTrue
 		if !st.Ready && found && (reason != "" || msg != "") {
 			st.Reason = strings.TrimSpace(reason + ": " + msg)
 		}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	exportv1 "kubevirt.io/api/export/v1beta1"
 	cdiv1 "kubevirt.io/containerized-data-importer-api/pkg/apis/core/v1beta1"
@@ -81,16 +80,8 @@ func (c *Client) Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, er
 	}
 	res := &VerifyResult{Namespace: ns, Name: o.Disk.Name, Expected: o.Digest}
 	// The DataVolume's claim has its name; KubeVirt exports claims.
-	name := "ferry-verify-" + o.Disk.Name
-	if len(name) > 63 {
-		name = name[:63]
-	}
-	name = strings.TrimRight(name, "-")
+	name := exportName("ferry-verify-" + o.Disk.Name)
 	source := corev1.TypedLocalObjectReference{APIGroup: ptr(""), Kind: "PersistentVolumeClaim", Name: o.Disk.Name}
-	// A stale export of an earlier, interrupted verify would collide.
-	if err := c.deleteExport(ctx, ns, name); err != nil && !apierrors.IsNotFound(err) {
-		return nil, fail("export", err)
-	}
 	sess, err := c.startExport(ctx, ns, name, source, managedLabels(""), o.Timeout)
 	if err != nil {
 		return nil, fail("export", err)

@@ -238,6 +238,34 @@ func TestCozystackFlavor(t *testing.T) {
 	if it, _, _ := unstructured.NestedString(inst.Object, "spec", "instanceType"); it != "u1.large" {
 		t.Fatalf("instance %v", inst.Object["spec"])
 	}
+	// Cozystack renders vm-instance-shop from it (played here by hand):
+	// ferry finds it by the instance's name, and stops it through the
+	// VMInstance, which Cozystack would otherwise revert the VM to.
+	o := lifecycle.CreateOptions{Name: "vm-instance-shop", Disk: &lifecycle.DiskRef{Kind: "dv", Name: "vm-disk-shop-rootdisk"}}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := lifecycle.Build(o, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admin(c).Create(ctx, plan.Objects[0]); err != nil {
+		t.Fatal(err)
+	}
+	st, err := lc.Get(ctx, ns, "shop")
+	if err != nil || st.Name != "vm-instance-shop" || st.Instance != "shop" {
+		t.Fatalf("get shop: %+v %v", st, err)
+	}
+	pr, err := lc.Power(ctx, lifecycle.ActionStop, lifecycle.PowerOptions{Name: "shop"})
+	if err != nil || pr.Via != lifecycle.ViaInstance {
+		t.Fatalf("stop shop: %+v %v", pr, err)
+	}
+	if err := admin(c).Get(ctx, types.NamespacedName{Namespace: ns, Name: "shop"}, inst); err != nil {
+		t.Fatal(err)
+	}
+	if rs, _, _ := unstructured.NestedString(inst.Object, "spec", "runStrategy"); rs != "Halted" {
+		t.Fatalf("VMInstance runStrategy %q", rs)
+	}
 	// Deleting goes through the VMInstance and its VMDisks.
 	dr, err := lc.Delete(ctx, lifecycle.DeleteOptions{Name: "shop"})
 	if err != nil {

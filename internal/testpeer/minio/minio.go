@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func Start(t testing.TB) *Server {
 		port, cport := freePort(t), freePort(t)
 		s.Endpoint = "127.0.0.1:" + strconv.Itoa(port)
 		s.URL = "http://" + s.Endpoint
-		var out bytes.Buffer
+		var out lockedBuffer
 		cmd := exec.Command(bin, "server", "--quiet", "--address", s.Endpoint, "--console-address", "127.0.0.1:"+strconv.Itoa(cport), s.Dir)
 		cmd.Env = append(os.Environ(),
 			"MINIO_ROOT_USER="+s.AccessKey,
@@ -127,7 +128,21 @@ func Start(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 		s.Client = c
-		return s
+		// Live is not ready: the S3 API answers "Server not initialized"
+		// for a moment after.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := c.ListBuckets(ctx)
+			cancel()
+			if err == nil {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("minio S3 API not ready: %v\n%s", err, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	t.Fatalf("minio did not start: %v", lastErr)
 	return nil
@@ -152,6 +167,24 @@ func waitReady(url string, exited <-chan error) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("minio not ready after 30 s")
+}
+
+// lockedBuffer collects a process's output while it runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // Put creates bucket (if needed) and uploads the file at path as key.
