@@ -47,6 +47,7 @@ func main() {
 	ferry := flag.String("ferry", "bin/ferry", "ferry binary")
 	only := flag.String("only", "", "comma-separated variants to run (default: all)")
 	prepare := flag.Bool("prepare", false, "only generate the corpus")
+	suites := flag.String("suite", "convert,http,s3", "suites to run: convert (local files), http (loopback server vs curl+qemu-img and nbdkit), s3 (MinIO)")
 	flag.Parse()
 
 	must(os.MkdirAll(*dir, 0o755))
@@ -88,28 +89,44 @@ func main() {
 	if *prepare {
 		return
 	}
+	has := func(s string) bool { return strings.Contains(","+*suites+",", ","+s+",") }
+	if has("convert") {
+		convertSuite(*dir, *ferry, sel, *runs, *size, *data)
+	}
+	if has("http") || has("s3") {
+		var remote []variant
+		for _, v := range sel {
+			if *only != "" || v.name == "qcow2" || v.name == "qcow2-zlib" || v.name == "vmdk-stream" {
+				remote = append(remote, v)
+			}
+		}
+		remoteSuite(*dir, *ferry, remote, *runs, has("s3"))
+	}
+}
+
+func convertSuite(dir, ferry string, sel []variant, runs int, size, data int64) {
 	host, _ := os.Hostname()
-	fmt.Printf("\nferry convert vs qemu-img convert -O raw -m 16 -W (both flushed to disk; warm cache; median of %d)\n", *runs)
-	fmt.Printf("host %s, %d CPUs, corpus %s virtual, %s data\n\n", host, numCPU(), humanSize(*size), humanSize(*data))
+	fmt.Printf("\nferry convert vs qemu-img convert -O raw -m 16 -W (both flushed to disk; warm cache; median of %d)\n", runs)
+	fmt.Printf("host %s, %d CPUs, corpus %s virtual, %s data\n\n", host, numCPU(), humanSize(size), humanSize(data))
 	fmt.Printf("%-12s %9s %10s %9s %7s %14s %10s %9s\n", "format", "file", "qemu-img", "ferry", "ratio", "ferry+sha256", "ratio", "peak RSS")
-	out := filepath.Join(*dir, "out.raw")
+	out := filepath.Join(dir, "out.raw")
 	for _, v := range sel {
-		src := filepath.Join(*dir, v.file)
+		src := filepath.Join(dir, v.file)
 		warm(src)
-		q := median(*runs, func() (time.Duration, int64) {
+		q := median(runs, func() (time.Duration, int64) {
 			os.Remove(out)
 			return timed("sh", "-c", fmt.Sprintf("qemu-img convert -f %s -O raw -m 16 -W %q %q && sync %q", v.fmt, src, out, out))
 		})
 		var rss int64
-		f := median(*runs, func() (time.Duration, int64) {
+		f := median(runs, func() (time.Duration, int64) {
 			os.Remove(out)
-			d, r := timed(*ferry, "convert", "-q", src, out)
+			d, r := timed(ferry, "convert", "-q", src, out)
 			rss = max(rss, r)
 			return d, r
 		})
-		fd := median(*runs, func() (time.Duration, int64) {
+		fd := median(runs, func() (time.Duration, int64) {
 			os.Remove(out)
-			d, r := timed(*ferry, "convert", "-q", "--digest", src, out)
+			d, r := timed(ferry, "convert", "-q", "--digest", src, out)
 			rss = max(rss, r)
 			return d, r
 		})
@@ -119,17 +136,17 @@ func main() {
 	}
 
 	// A 1 TiB qcow2 with nothing allocated: mapped, never read.
-	empty := filepath.Join(*dir, "empty-1t.qcow2")
+	empty := filepath.Join(dir, "empty-1t.qcow2")
 	if _, err := os.Stat(empty); err != nil {
 		run("qemu-img", "create", "-q", "-f", "qcow2", empty, "1T")
 	}
-	q := median(*runs, func() (time.Duration, int64) {
+	q := median(runs, func() (time.Duration, int64) {
 		os.Remove(out)
 		return timed("sh", "-c", fmt.Sprintf("qemu-img convert -O raw -m 16 -W %q %q && sync %q", empty, out, out))
 	})
-	f := median(*runs, func() (time.Duration, int64) {
+	f := median(runs, func() (time.Duration, int64) {
 		os.Remove(out)
-		return timed(*ferry, "convert", "-q", empty, out)
+		return timed(ferry, "convert", "-q", empty, out)
 	})
 	fmt.Printf("%-12s %9s %9.2fs %8.3fs %7.2f %14s %10s %9s\n", "qcow2-1T-empty", humanSize(fileSize(empty)), q.Seconds(), f.Seconds(), f.Seconds()/q.Seconds(), "-", "-", "-")
 	os.Remove(out)
