@@ -6,16 +6,22 @@
 // # API
 //
 //	Open(ctx, src, o) (Source, error)         // random access: path, file://, http(s)://, s3://
-//	OpenImage(ctx, src, o) (Source, error)    // Open + OVA member + compression wrapper (spooled to o.Scratch) + stdin
+//	OpenImage(ctx, src, o) (Source, error)    // Open + OVA member (o.Disk) + compression wrapper
+//	                                          // spooled to o.Scratch; "-" (stdin) spooled too
 //	OpenStream(ctx, src, o) (*Stream, error)  // in order: "-" or any source; verdict at EOF
 //	Source.Complete(ctx) (Digests, error)     // hash what was not read, verify the checksum
-//	SniffWrapper, Decompress, Spool           // gzip, xz, zstd, bzip2; spool to disk
-//	ListOVA, ChooseOVADisk, OVADiskSource, IsTar
-//	ParseChecksum, FindInSumsFile             // "sha256:HEX"; SHA256SUMS (GNU and BSD)
+//	Stream.Complete(ctx) (Digests, error)     // drain the rest, verify the checksum
+//	SniffWrapper, Decompress, Spool           // gzip, xz, zstd, bzip2 (pure Go); spool to disk
+//	IsTar, ListOVA, ChooseOVADisk, OVADiskSource
+//	ParseChecksum, FindInSumsFile             // "sha256:HEX"; SHA256SUMS (GNU and BSD formats)
+//	ChecksumError, ErrSourceChanged, ErrNeedScratch, ErrClosed
 //
 // A Source satisfies converter/format.File. The caller converts from it,
 // then calls Complete and checks its error before it presents the output
 // as complete: a *ChecksumError carries the expected and actual digests.
+// The ctx given to Open bounds the Source's life; Close must be called.
+// Options.Checksum ("ALG:HEX") or Options.ChecksumURL (a sums file, where
+// the source's file name is looked up) give the expected digest.
 //
 // # Remote sources
 //
@@ -35,13 +41,17 @@
 //     4 KiB chunks kept in a metadata cache (CacheSize/8); those bytes are
 //     checked against the hashed stream when it gets there;
 //   - a large read beyond the window waits while read-ahead moves on;
-//   - a block that was hashed and evicted, when read again, is fetched
-//     again (counted in BytesFetched) and checked against the CRC-32C
-//     recorded when it was hashed.
+//   - bytes that were hashed and evicted, when read again, are fetched
+//     again (counted in BytesFetched: the 64 KiB segments around a small
+//     read, else the block) and checked against the CRC-32C of each
+//     segment recorded when it was hashed. (CRC-32C catches a changed
+//     object that the ETag pin missed, not a server forging collisions;
+//     the published checksum covers the stream.)
 //
 // Read-ahead evicts only blocks the converter has read in full or left
 // behind; otherwise it waits, which bounds memory to about CacheSize ×
-// 1.125 without fetching anything twice. Complete fetches and hashes what
+// 1.125 without fetching anything twice. CacheSize should exceed the
+// converter's reads in flight (workers × chunk) several times. Complete fetches and hashes what
 // the converter never read, so the digest always covers the whole file.
 //
 // A server without Range support is read as one stream, in order (a

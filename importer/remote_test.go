@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hikube/ferry/pkg/progress"
 )
 
 // Random reads, concurrent, of odd sizes and offsets, including reads
@@ -74,12 +76,16 @@ func TestInOrderEachByteOnce(t *testing.T) {
 	srv, url, data := serve(t, 24<<20+777)
 	o := testOptions()
 	o.Checksum = "sha256:" + sha256Hex(data)
+	o.Progress = &progress.Counter{}
 	s := mustOpen(t, url, o)
 	got := readAllInOrder(t, s, 4, 1<<20)
 	equalBytes(t, got, data)
 	d := mustComplete(t, s)
 	if d.SHA256 != sha256Hex(data) || d.Checksum != o.Checksum {
 		t.Fatalf("digests %+v", d)
+	}
+	if done, total := o.Progress.Load(); done != int64(len(data)) || total != int64(len(data)) {
+		t.Fatalf("progress %d / %d", done, total)
 	}
 	ratio := float64(srv.BytesServed()) / float64(len(data))
 	t.Logf("served %d bytes for %d (%.4f), %d requests", srv.BytesServed(), len(data), ratio, srv.Requests())

@@ -376,6 +376,9 @@ func (t *DataVolumeTarget) Upload(ctx context.Context, img Image) (*DataVolumeRe
 	})
 	res.WaitReady = time.Since(start)
 	if err != nil {
+		if t.o.VMDisk && errors.Is(err, ErrWaitConsumer) {
+			err = fmt.Errorf("%w: the VMDisk's DataVolume %s lacks the %s annotation, so its volume binds only when a VM uses it; use a storage class with Immediate binding", ErrWaitConsumer, t.dv, AnnImmediateBinding)
+		}
 		return nil, t.fail(err)
 	}
 	start = time.Now()

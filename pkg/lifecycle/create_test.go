@@ -268,3 +268,41 @@ func TestParseDiskRef(t *testing.T) {
 		}
 	}
 }
+
+func TestScheduleObjects(t *testing.T) {
+	o := ScheduleOptions{
+		Backup:   BackupOptions{VM: "web", To: "s3://b/p", Keep: 7},
+		Schedule: "@daily", Image: "ghcr.io/hikube/ferry:1.0", S3Secret: "creds",
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	objs := ScheduleObjects(o, "prod", "web", []string{"web-root"}, []string{"legacy-pvc"})
+	var kinds []string
+	for _, obj := range objs {
+		kinds = append(kinds, obj.GetObjectKind().GroupVersionKind().Kind+"/"+obj.GetName())
+	}
+	if got := strings.Join(kinds, ","); got != "ServiceAccount/ferry-backup-web,Role/ferry-backup-web,RoleBinding/ferry-backup-web,CronJob/ferry-backup-web" {
+		t.Fatalf("objects %s", got)
+	}
+	y, err := yaml.Marshal(objs[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"schedule: '@daily'", "concurrencyPolicy: Forbid", "serviceAccountName: ferry-backup-web", "- --keep\n", "- \"7\"", "name: creds", "readOnlyRootFilesystem: true"} {
+		if !strings.Contains(string(y), want) {
+			t.Errorf("cronjob lacks %q:\n%s", want, y)
+		}
+	}
+	bad := []ScheduleOptions{
+		{Backup: BackupOptions{VM: "web", To: "s3://b/p"}, Schedule: "daily", Image: "i"},
+		{Backup: BackupOptions{VM: "web", To: "s3://b/p"}, Schedule: "0 3 * * *"},
+		{Backup: BackupOptions{VM: "web", To: "b/p"}, Schedule: "0 3 * * *", Image: "i"},
+		{Backup: BackupOptions{VM: "web", To: "s3://b/p", Keep: -1}, Schedule: "0 3 * * *", Image: "i"},
+	}
+	for i, b := range bad {
+		if err := b.Validate(); err == nil {
+			t.Errorf("bad %d accepted", i)
+		}
+	}
+}
