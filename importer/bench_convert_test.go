@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,7 @@ func TestBenchConvert(t *testing.T) {
 	work := t.TempDir()
 
 	// Baseline: curl, then qemu-img convert.
+	child0 := childCPU()
 	start := time.Now()
 	if out, err := exec.Command("curl", "-sS", "-o", filepath.Join(work, "dl.qcow2"), url).CombinedOutput(); err != nil {
 		t.Fatalf("curl: %v %s", err, out)
@@ -53,7 +55,7 @@ func TestBenchConvert(t *testing.T) {
 	baseline := time.Since(start)
 	os.Remove(filepath.Join(work, "dl.qcow2"))
 	os.Remove(filepath.Join(work, "base.raw"))
-	t.Logf("curl + qemu-img convert: %v (download %v)", baseline.Round(time.Millisecond), dl.Round(time.Millisecond))
+	t.Logf("curl + qemu-img convert: %v (download %v), cpu %.2fs", baseline.Round(time.Millisecond), dl.Round(time.Millisecond), (childCPU() - child0).Seconds())
 
 	hwm0 := vmHWM()
 	digest := os.Getenv("FERRY_BENCH_NODIGEST") == ""
@@ -61,6 +63,7 @@ func TestBenchConvert(t *testing.T) {
 		t.Helper()
 		o.Checksum = "sha256:" + fileSHA
 		out := filepath.Join(work, "out.raw")
+		cpu0 := cpuTime()
 		start := time.Now()
 		s, err := Open(context.Background(), src, o)
 		if err != nil {
@@ -87,13 +90,14 @@ func TestBenchConvert(t *testing.T) {
 		}
 		f.Close()
 		el := time.Since(start)
+		cpu := cpuTime() - cpu0
 		im.Close()
 		os.Remove(out)
 		if (digest && res.RawSHA256 != want) || d.SHA256 != fileSHA {
 			t.Fatalf("wrong result: raw %s want %s", res.RawSHA256, want)
 		}
-		t.Logf("ferry %s: %v (%.2f × baseline), fetched %.4f × the file, %d requests, %d retries",
-			strings.SplitN(src, ":", 2)[0], el.Round(time.Millisecond), el.Seconds()/baseline.Seconds(),
+		t.Logf("ferry %s: %v (%.2f × baseline), cpu %.2fs, fetched %.4f × the file, %d requests, %d retries",
+			strings.SplitN(src, ":", 2)[0], el.Round(time.Millisecond), el.Seconds()/baseline.Seconds(), cpu.Seconds(),
 			float64(d.BytesFetched)/float64(size), d.Requests, d.Retries)
 		return el
 	}
@@ -122,6 +126,13 @@ func startTestHTTP(t *testing.T, bin, dir string) (string, func()) {
 	buf := make([]byte, 100)
 	n, _ := out.Read(buf)
 	return strings.TrimSpace(string(buf[:n])), func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }
+}
+
+// childCPU is the user+system CPU time of waited-for children.
+func childCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // vmHWM is the process's peak resident set size.

@@ -61,7 +61,7 @@ type remote struct {
 	cancel    context.CancelCauseFunc
 	wg        sync.WaitGroup
 	stopWatch func() bool
-	closeBody func()
+	onClose   []func() // close a stream body, idle connections
 
 	mu         sync.Mutex
 	cond       *sync.Cond
@@ -115,6 +115,7 @@ type block struct {
 	consumed int
 	lastUse  int64
 	lastTime time.Time
+	crcs     []uint32 // CRC-32C of its segments, until hashed
 }
 
 // unitSize is the unit of consumption tracking; it is the metadata chunk
@@ -238,6 +239,14 @@ func (r *remote) worker() {
 		err := r.fetch.fetch(r.ctx, int64(b.idx)*r.bs, b.data, first)
 		if err == nil && b.refetch {
 			err = r.checkCRC(int64(b.idx)*r.bs, b.data)
+		}
+		if err == nil && !b.refetch {
+			// The CRCs are taken here, in parallel, rather than by the
+			// hasher, the one serial stage.
+			b.crcs = make([]uint32, 0, (int64(len(b.data))+r.seg-1)/r.seg)
+			for o := int64(0); o < int64(len(b.data)); o += r.seg {
+				b.crcs = append(b.crcs, crc32.Checksum(b.data[o:min(o+r.seg, int64(len(b.data)))], castagnoli))
+			}
 		}
 		r.mu.Lock()
 		if err != nil {
@@ -449,10 +458,6 @@ func (r *remote) hashLoop() {
 		r.mu.Unlock()
 
 		r.h.write(b.data)
-		crcs := make([]uint32, 0, (int64(len(b.data))+r.seg-1)/r.seg)
-		for o := int64(0); o < int64(len(b.data)); o += r.seg {
-			crcs = append(crcs, crc32.Checksum(b.data[o:min(o+r.seg, int64(len(b.data)))], castagnoli))
-		}
 		sums := make([][32]byte, len(checks))
 		for i, c := range checks {
 			end := min(c.off+metaChunk, base+int64(len(b.data)))
@@ -462,7 +467,8 @@ func (r *remote) hashLoop() {
 		r.mu.Lock()
 		b.pins--
 		b.hashed = true
-		copy(r.crc[base/r.seg:], crcs)
+		copy(r.crc[base/r.seg:], b.crcs)
+		b.crcs = nil
 		r.H++
 		r.prog.Add(int64(len(b.data)))
 		for i, c := range checks {
@@ -639,7 +645,9 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 // evict blocks the converter has yet to read.
 func (r *remote) sideReadLocked(idx int) bool {
 	if idx >= r.H+r.capB {
-		return idx > r.frontier+r.lag
+		// A cache's worth past the frontier: the converter's data reads
+		// are nearer (and wait for the window), metadata is further.
+		return idx > r.frontier+r.capB
 	}
 	if len(r.blocks) < r.capB {
 		return false
@@ -894,8 +902,8 @@ func (r *remote) Close() error {
 	}
 	r.blocks, r.meta = nil, nil
 	r.mu.Unlock()
-	if r.closeBody != nil {
-		r.closeBody()
+	for _, f := range r.onClose {
+		f()
 	}
 	return nil
 }

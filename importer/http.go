@@ -21,6 +21,7 @@ import (
 // ErrSourceChanged instead of mixing two versions.
 type httpBackend struct {
 	client  *http.Client
+	own     bool   // the client is ours: close its idle connections at the end
 	url     string // request URL, user info removed
 	display string // redacted, for messages
 	hdr     http.Header
@@ -59,7 +60,16 @@ func newHTTPBackend(raw string, o *Options) (*httpBackend, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.own = o.HTTPClient == nil
 	return h, nil
+}
+
+// closeIdle closes the keep-alive connections of a client made for this
+// source, which would otherwise linger after it.
+func (h *httpBackend) closeIdle() {
+	if h.own {
+		h.client.CloseIdleConnections()
+	}
 }
 
 // httpClient builds the client: HTTP/1.1 so that each ranged request gets

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -166,6 +168,29 @@ func TestCloseWhileReading(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("ReadAt did not return after Close")
+	}
+	checkNoLeak(t)
+}
+
+// Sources closed leave no connection (nor its goroutines) behind.
+func TestNoConnectionLeak(t *testing.T) {
+	_, url, _ := serve(t, 3<<20)
+	conns := func() int {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "net/http.(*persistConn).readLoop")
+	}
+	before := conns()
+	for range 5 {
+		s := mustOpen(t, url, testOptions())
+		s.ReadAt(make([]byte, 1000), 2<<20)
+		s.Close()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for conns() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := conns(); n > before {
+		t.Fatalf("%d connections left open (%d before)", n, before)
 	}
 	checkNoLeak(t)
 }

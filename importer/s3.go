@@ -18,12 +18,13 @@ import (
 // (minio.Object.ReadAt serializes behind a mutex). Every request is pinned
 // to the ETag seen by StatObject (If-Match).
 type s3Backend struct {
-	core    *minio.Core
-	bucket  string
-	key     string
-	display string
-	etag    string
-	size    int64
+	core      *minio.Core
+	closeIdle func()
+	bucket    string
+	key       string
+	display   string
+	etag      string
+	size      int64
 }
 
 func (b *s3Backend) String() string { return b.display }
@@ -41,7 +42,7 @@ func parseS3(src string) (bucket, key string, err error) {
 // newS3Core builds a minio client from the options (and AWS_* variables).
 // minio-go's own retries are turned off: the fetcher retries, resuming
 // from the exact byte.
-func newS3Core(o *Options) (*minio.Core, error) {
+func newS3Core(o *Options) (*minio.Core, func(), error) {
 	s := o.S3.withEnv()
 	endpoint, secure := s.Endpoint, true
 	if endpoint == "" {
@@ -50,17 +51,17 @@ func newS3Core(o *Options) (*minio.Core, error) {
 	if strings.Contains(endpoint, "://") {
 		u, err := url.Parse(endpoint)
 		if err != nil {
-			return nil, fmt.Errorf("s3 endpoint %s: %w", redactURL(endpoint), stripURLError(err))
+			return nil, nil, fmt.Errorf("s3 endpoint %s: %w", redactURL(endpoint), stripURLError(err))
 		}
 		switch u.Scheme {
 		case "http":
 			secure = false
 		case "https":
 		default:
-			return nil, fmt.Errorf("s3 endpoint %s: scheme must be http or https", redactURL(endpoint))
+			return nil, nil, fmt.Errorf("s3 endpoint %s: scheme must be http or https", redactURL(endpoint))
 		}
 		if u.Path != "" && u.Path != "/" {
-			return nil, fmt.Errorf("s3 endpoint %s: no path allowed", redactURL(endpoint))
+			return nil, nil, fmt.Errorf("s3 endpoint %s: no path allowed", redactURL(endpoint))
 		}
 		endpoint = u.Host
 	}
@@ -70,7 +71,11 @@ func newS3Core(o *Options) (*minio.Core, error) {
 	}
 	client, err := o.httpClient()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	closeIdle := func() {}
+	if o.HTTPClient == nil {
+		closeIdle = client.CloseIdleConnections
 	}
 	tr := client.Transport
 	if tr == nil {
@@ -85,9 +90,9 @@ func newS3Core(o *Options) (*minio.Core, error) {
 		MaxRetries:   1,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("s3 endpoint %s: %w", endpoint, err)
+		return nil, nil, fmt.Errorf("s3 endpoint %s: %w", endpoint, err)
 	}
-	return core, nil
+	return core, closeIdle, nil
 }
 
 // s3Err classifies a minio error: 5xx, 429 and SlowDown are transient,
@@ -120,11 +125,11 @@ func newS3Backend(ctx context.Context, src string, o *Options, f *fetcher) (*s3B
 	if err != nil {
 		return nil, err
 	}
-	core, err := newS3Core(o)
+	core, closeIdle, err := newS3Core(o)
 	if err != nil {
 		return nil, err
 	}
-	b := &s3Backend{core: core, bucket: bucket, key: key, display: "s3://" + bucket + "/" + key}
+	b := &s3Backend{core: core, closeIdle: closeIdle, bucket: bucket, key: key, display: "s3://" + bucket + "/" + key}
 	f.be = b
 	err = retryOp(ctx, f, func(ctx context.Context) error {
 		f.st.requests.Add(1)
@@ -136,6 +141,7 @@ func newS3Backend(ctx context.Context, src string, o *Options, f *fetcher) (*s3B
 		return nil
 	})
 	if err != nil {
+		closeIdle()
 		return nil, fmt.Errorf("stat %s: %w", b.display, err)
 	}
 	return b, nil
@@ -199,5 +205,7 @@ func openS3(ctx context.Context, src string, o *Options, alg, expects string) (S
 	if err != nil {
 		return nil, err
 	}
-	return newRemote(ctx, remoteConfig{name: b.display, size: b.size, fetch: f, st: st, o: o, alg: alg, expects: expects}), nil
+	r := newRemote(ctx, remoteConfig{name: b.display, size: b.size, fetch: f, st: st, o: o, alg: alg, expects: expects})
+	r.onClose = append(r.onClose, b.closeIdle)
+	return r, nil
 }

@@ -171,15 +171,19 @@ func openHTTP(ctx context.Context, src string, o *Options, alg, expects string) 
 	pr, err := be.probe(life, f, o.BlockSize)
 	if err != nil {
 		stop(err)
+		be.closeIdle()
 		return nil, err
 	}
 	cfg := remoteConfig{life: life, stop: stop, name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects}
 	if pr.ranges {
-		return newRemote(ctx, cfg), nil
+		r := newRemote(ctx, cfg)
+		r.onClose = append(r.onClose, be.closeIdle)
+		return r, nil
 	}
 	// No Range support: one stream, read once, in order.
 	sf := &seqFetcher{f: f, be: be, body: pr.body, size: pr.size}
 	if o.Scratch != "" {
+		defer be.closeIdle()
 		defer stop(nil)
 		s := &seqStream{sf: sf, ctx: life}
 		return spoolHashed(life, s, be.display, pr.size, o, alg, expects, st)
@@ -191,7 +195,7 @@ func openHTTP(ctx context.Context, src string, o *Options, alg, expects string) 
 	}
 	cfg.fetch, cfg.first, cfg.seq = sf, nil, true
 	r := newRemote(ctx, cfg)
-	r.closeBody = sf.close
+	r.onClose = append(r.onClose, sf.close, be.closeIdle)
 	return r, nil
 }
 

@@ -99,10 +99,12 @@ func openHTTPStream(ctx context.Context, src string, o *Options, alg, expects st
 	pr, err := be.probe(life, f, o.BlockSize)
 	if err != nil {
 		stop(err)
+		be.closeIdle()
 		return nil, err
 	}
 	if pr.ranges {
 		r := newRemote(ctx, remoteConfig{life: life, stop: stop, name: be.display, size: pr.size, fetch: f, first: pr.body, st: st, o: o, alg: alg, expects: expects})
+		r.onClose = append(r.onClose, be.closeIdle)
 		return streamOf(ctx, r), nil
 	}
 	ss := &seqStream{sf: &seqFetcher{f: f, be: be, body: pr.body, size: pr.size}, ctx: life}
@@ -110,6 +112,7 @@ func openHTTPStream(ctx context.Context, src string, o *Options, alg, expects st
 	return &Stream{ctx: ctx, name: be.display, size: pr.size, r: ss, closer: closerFunc(func() error {
 		ss.Close()
 		stop(ErrClosed)
+		be.closeIdle()
 		return nil
 	}), h: newHasher(alg, expects), st: st, o: o}, nil
 }
@@ -246,10 +249,11 @@ func fetchSmall(ctx context.Context, loc, src string, o *Options) ([]byte, error
 		if err != nil {
 			return nil, err
 		}
-		core, err := newS3Core(o)
+		core, closeIdle, err := newS3Core(o)
 		if err != nil {
 			return nil, err
 		}
+		defer closeIdle()
 		f := newFetcher(nil, &stats{}, o)
 		err = retryOp(ctx, f, func(ctx context.Context) error {
 			body, _, _, err := core.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
@@ -271,6 +275,7 @@ func fetchSmall(ctx context.Context, loc, src string, o *Options) ([]byte, error
 		if err != nil {
 			return nil, err
 		}
+		defer be.closeIdle()
 		f := newFetcher(be, &stats{}, &o2)
 		err = retryOp(ctx, f, func(ctx context.Context) error {
 			req, err := be.request(ctx, 0, -1, false)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/hikube/ferry/internal/testpeer/cdi"
 	kubepeer "github.com/hikube/ferry/internal/testpeer/kube"
@@ -153,6 +155,28 @@ func TestVMLifecycleCLI(t *testing.T) {
 	}
 	if sum, _ := testutil.SHA256File(t, filepath.Join(dir, "back.raw")); sum != imp.RawSHA256 {
 		t.Fatalf("backup round trip %s != %s", sum, imp.RawSHA256)
+	}
+
+	// 4b. the nightly schedule: the CronJob's exact command line, run as
+	// its ServiceAccount (whose Role is all it has), succeeds.
+	var sr lifecycle.ScheduleResult
+	jsonOf(run("vm", "backup", "web", "--to", "s3://backups/nightly", "--s3-path-style", "--keep", "2", "--schedule", "0 3 * * *", "-o", "json"), &sr)
+	tok, err := c.Clientset.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sr.ServiceAccount,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobKC := filepath.Join(dir, "job.kubeconfig")
+	if err := c.WriteKubeconfig(jobKC, tok.Status.Token); err != nil {
+		t.Fatal(err)
+	}
+	r = ferry(t, append(awsEnv, "KUBECONFIG="+jobKC), sr.Command[1:]...)
+	if r.code != 0 {
+		t.Fatalf("the CronJob's command %v as its ServiceAccount: exit %d: %s", sr.Command, r.code, r.stderr)
+	}
+	// As that identity, nothing else: not even listing VMs.
+	if r := ferry(t, []string{"KUBECONFIG=" + jobKC}, "vm", "list"); r.code != exitFailure || !strings.Contains(r.stderr, "forbidden") {
+		t.Fatalf("vm list as the backup identity: %d %s", r.code, r.stderr)
 	}
 
 	// 5. migrate.

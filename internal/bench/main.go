@@ -47,7 +47,7 @@ func main() {
 	ferry := flag.String("ferry", "bin/ferry", "ferry binary")
 	only := flag.String("only", "", "comma-separated variants to run (default: all)")
 	prepare := flag.Bool("prepare", false, "only generate the corpus")
-	suites := flag.String("suite", "convert,http,s3", "suites to run: convert (local files), http (loopback server vs curl+qemu-img and nbdkit), s3 (MinIO)")
+	suites := flag.String("suite", "convert,http,s3,import", "suites to run: convert (local files), http (loopback server vs curl+qemu-img and nbdkit), s3 (MinIO), import (to a DataVolume through the fake CDI vs convert and curl+qemu-img+curl)")
 	flag.Parse()
 
 	must(os.MkdirAll(*dir, 0o755))
@@ -93,14 +93,18 @@ func main() {
 	if has("convert") {
 		convertSuite(*dir, *ferry, sel, *runs, *size, *data)
 	}
-	if has("http") || has("s3") {
-		var remote []variant
-		for _, v := range sel {
-			if *only != "" || v.name == "qcow2" || v.name == "qcow2-zlib" || v.name == "vmdk-stream" {
-				remote = append(remote, v)
-			}
+	// Remote suites take the formats images are published in, unless told.
+	var remote []variant
+	for _, v := range sel {
+		if *only != "" || v.name == "qcow2" || v.name == "qcow2-zlib" || v.name == "vmdk-stream" {
+			remote = append(remote, v)
 		}
+	}
+	if has("http") || has("s3") {
 		remoteSuite(*dir, *ferry, remote, *runs, has("s3"))
+	}
+	if has("import") {
+		importSuite(*dir, *ferry, remote, *runs)
 	}
 }
 
@@ -216,11 +220,16 @@ func warm(path string) {
 }
 
 func timed(name string, args ...string) (time.Duration, int64) {
-	cmd := exec.Command(name, args...)
+	return timedCmd(exec.Command(name, args...))
+}
+
+// timedCmd runs cmd, exiting on failure, and returns its wall time and
+// peak RSS (KiB).
+func timedCmd(cmd *exec.Cmd) (time.Duration, int64) {
 	cmd.Stderr = os.Stderr
 	t := time.Now()
 	if err := cmd.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %s %s: %v\n", name, strings.Join(args, " "), err)
+		fmt.Fprintf(os.Stderr, "bench: %s: %v\n", strings.Join(cmd.Args, " "), err)
 		os.Exit(1)
 	}
 	d := time.Since(t)

@@ -24,18 +24,8 @@ import (
 // MinIO) vs (b) curl then qemu-img and (c) CDI's way, nbdkit-curl feeding
 // qemu-img over NBD.
 func remoteSuite(dir, ferry string, sel []variant, runs int, withS3 bool) {
-	bin := filepath.Join(dir, "bin")
-	must(os.MkdirAll(bin, 0o755))
-	run("go", "build", "-o", filepath.Join(bin, "ferry-testhttp"), "./internal/testpeer/cmd/ferry-testhttp")
-	port := freePort()
-	srv := exec.Command(filepath.Join(bin, "ferry-testhttp"), "-dir", dir, "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	srv.Stderr = io.Discard
-	out, _ := srv.StdoutPipe()
-	must(srv.Start())
-	defer srv.Process.Kill()
-	base, err := bufio.NewReader(out).ReadString('\n')
-	must(err)
-	base = strings.TrimSpace(base)
+	base, stopHTTP := startHTTP(dir)
+	defer stopHTTP()
 
 	var s3 *minioServer
 	if withS3 {
@@ -102,6 +92,26 @@ func remoteSuite(dir, ferry string, sel []variant, runs int, withS3 bool) {
 	}
 	fmt.Println("\n(a) ferry convert URL --checksum; (b) curl download, then qemu-img convert -m 16 -W; (c) nbdkit curl + qemu-img convert (CDI's importer)")
 	fmt.Println("targets: a/b <= 0.70, a/c <= 0.33, fetched <= 1.01x, s3/http <= 1.20")
+}
+
+// startHTTP builds and starts ferry-testhttp serving dir; it returns the
+// base URL and a stop function.
+func startHTTP(dir string) (string, func()) {
+	srv := exec.Command(buildTool(dir, "ferry-testhttp"), "-dir", dir, "-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
+	srv.Stderr = io.Discard
+	out, _ := srv.StdoutPipe()
+	must(srv.Start())
+	base, err := bufio.NewReader(out).ReadString('\n')
+	must(err)
+	return strings.TrimSpace(base), func() { srv.Process.Kill(); srv.Wait() }
+}
+
+// buildTool builds ./internal/testpeer/cmd/NAME into DIR/bin.
+func buildTool(dir, name string) string {
+	bin := filepath.Join(dir, "bin", name)
+	must(os.MkdirAll(filepath.Dir(bin), 0o755))
+	run("go", "build", "-o", bin, "./internal/testpeer/cmd/"+name)
+	return bin
 }
 
 func served(base string) int64 {

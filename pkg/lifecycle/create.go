@@ -211,7 +211,9 @@ func (o *CreateOptions) Validate() error {
 // Warnings are advice about valid options (Hikube's recommendations).
 func (o *CreateOptions) Warnings() []string {
 	var w []string
-	if o.CPU == 1 {
+	// The common-instancetypes u1 sizes below large have one vCPU.
+	oneCPU := map[string]bool{"u1.nano": true, "u1.micro": true, "u1.small": true, "u1.medium": true}
+	if o.CPU == 1 || oneCPU[o.InstanceType] {
 		w = append(w, "1 vCPU: Hikube advises at least 2 vCPU (network performance)")
 	}
 	if o.StorageClass != DefaultStorageClass && (o.Image != "" || len(o.DataDisks) > 0) {

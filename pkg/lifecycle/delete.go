@@ -47,12 +47,12 @@ func (c *Client) Delete(ctx context.Context, o DeleteOptions) (*DeleteResult, er
 		return fmt.Errorf("delete vm %s/%s: %s: %w", ns, o.Name, stage, err)
 	}
 	vm, inst, err := c.resolveVM(ctx, ns, o.Name)
-	if err != nil && !(errors.Is(err, ErrNotFound) && !o.KeepDisks) {
+	// Not found may still be a VMInstance Cozystack has not rendered yet.
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, fail("get VirtualMachine", err)
 	}
 	res := &DeleteResult{Namespace: ns, Name: o.Name}
 	if inst == "" && vm == nil {
-		// Maybe a VMInstance whose VM Cozystack has not rendered yet.
 		inst = o.Name
 	}
 	if inst != "" {

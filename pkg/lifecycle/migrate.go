@@ -41,12 +41,6 @@ type MigrationResult struct {
 	FailureReason   string  `json:"failureReason,omitempty"`
 }
 
-// Preflight is why a VM cannot live-migrate (empty: it can, as far as
-// ferry can tell).
-type Preflight struct {
-	Problems []string
-}
-
 // MigrationPreflight checks what KubeVirt would refuse, so the user gets
 // a clear answer instead of a migration object that fails: the VM must
 // be running, and every disk volume must be ReadWriteMany (the target
