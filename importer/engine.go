@@ -369,13 +369,13 @@ const staleAge = 250 * time.Millisecond
 //	   reads in order and will need the nearest blocks first.
 //
 // Read-ahead evicts classes 0 and 1 only; a fetch a reader waits for may
-// evict any hashed block.
+// evict any hashed block, but for those readers wait for.
 func (r *remote) victimLocked(aggressive bool) (*block, int) {
 	var victim *block
 	vclass := 4
 	now := time.Now()
 	for _, b := range r.blocks {
-		if !b.ready || !b.hashed || b.pins > 0 {
+		if !b.ready || !b.hashed || b.pins > 0 || r.want[b.idx] > 0 || r.refetch[b.idx] > 0 {
 			continue
 		}
 		var c int
@@ -548,8 +548,11 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 		if k == reg {
 			return
 		}
+		// A far reader is also in want (chooseLocked ignores blocks out
+		// of the window): victimLocked then spares its block the moment
+		// it arrives, before the reader wakes up.
 		switch reg {
-		case want, refetch:
+		case want, refetch, far:
 			m := r.want
 			if reg == refetch {
 				m = r.refetch
@@ -557,8 +560,9 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 			if m[idx]--; m[idx] <= 0 {
 				delete(m, idx)
 			}
-		case far:
-			r.far--
+			if reg == far {
+				r.far--
+			}
 		}
 		switch k {
 		case want:
@@ -566,6 +570,7 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 		case refetch:
 			r.refetch[idx]++
 		case far:
+			r.want[idx]++
 			r.far++
 		}
 		reg = k

@@ -44,7 +44,7 @@ func importSuite(dir, ferry string, sel []variant, runs int) {
 	defer stopHTTP()
 
 	fmt.Printf("\nferry import URL dv:// (fake CDI behind kube-apiserver, TLS upload proxy) vs ferry convert URL FILE vs curl+qemu-img+curl (median of %d)\n", runs)
-	fmt.Printf("%-14s %8s %9s %9s %7s %9s %7s %9s\n", "format", "file", "import", "convert", "i/c", "chain", "i/chain", "peak RSS")
+	fmt.Printf("%-16s %8s %9s %9s %7s %9s %7s %9s\n", "format", "file", "import", "convert", "i/c", "chain", "i/chain", "peak RSS")
 	out := filepath.Join(dir, "out.raw")
 	dl := filepath.Join(dir, "download.tmp")
 	seq := 0
@@ -53,9 +53,10 @@ func importSuite(dir, ferry string, sel []variant, runs int) {
 		return fmt.Sprintf("bench-%s-%d", kind, seq)
 	}
 	row := func(label string, src string, imp, conv, chain time.Duration, rss int64) {
-		fmt.Printf("%-14s %8s %8.2fs %8.2fs %7.2f %8.2fs %7.2f %9s\n", label, humanSize(fileSize(src)),
+		fmt.Printf("%-16s %8s %8.2fs %8.2fs %7.2f %8.2fs %7.2f %9s\n", label, humanSize(fileSize(src)),
 			imp.Seconds(), conv.Seconds(), imp.Seconds()/conv.Seconds(), chain.Seconds(), imp.Seconds()/chain.Seconds(), humanSize(rss*1024))
 	}
+	var floor, curlFloor time.Duration
 	for i, v := range sel {
 		src := filepath.Join(dir, v.file)
 		sum := fileSHA256(src)
@@ -73,13 +74,8 @@ func importSuite(dir, ferry string, sel []variant, runs int) {
 			os.Remove(dl)
 			os.Remove(out)
 			settle()
-			// curl -T streams the file; --data-binary @FILE would read it
-			// all into memory first.
-			cmd := exec.Command("sh", "-c", fmt.Sprintf(`curl -sSf -o "$DL" "$URL" && `+
-				`qemu-img convert -f %s -O raw -m 16 -W "$DL" "$OUT" && `+
-				`curl -sSf -o /dev/null --cacert "$CA" -H "Authorization: Bearer $TOKEN" -X POST -T "$OUT" "$PROXY/v1beta1/upload"`, v.fmt))
-			cmd.Env = append(os.Environ(), "DL="+dl, "URL="+srcURL, "OUT="+out, "CA="+c.ca, "TOKEN="+tok, "PROXY="+c.proxy)
-			d, _ := timedCmd(cmd)
+			d, _ := timedCmd(c.upload(fmt.Sprintf(`curl -sSf -o "$DL" "$URL" && qemu-img convert -f %s -O raw -m 16 -W "$DL" "$OUT" && `, v.fmt)+curlUpload,
+				out, tok, "DL="+dl, "URL="+srcURL))
 			if ref == "" {
 				ref = fileSHA256(out)
 			}
@@ -88,6 +84,27 @@ func importSuite(dir, ferry string, sel []variant, runs int) {
 			return d, 0
 		})
 		os.Remove(dl)
+		if i == 0 {
+			// The floor: the RAW itself uploaded, nothing to fetch or
+			// convert; what is left is the upload endpoint's rate.
+			floor = median(runs, func() (time.Duration, int64) {
+				name := newName("raw")
+				settle()
+				d, r := timed(ferry, "import", "-q", "--kubeconfig", c.kubeconfig, out, "dv://"+c.ns+"/"+name)
+				c.check(name, ref, "")
+				c.forget(name)
+				return d, r
+			})
+			curlFloor = median(runs, func() (time.Duration, int64) {
+				name := newName("curl")
+				tok := c.prepareUpload(name, vsize)
+				settle()
+				d, r := timedCmd(c.upload(curlUpload, out, tok))
+				c.check(name, ref, "")
+				c.forget(name)
+				return d, r
+			})
+		}
 		os.Remove(out)
 
 		var rss int64
@@ -120,10 +137,28 @@ func importSuite(dir, ferry string, sel []variant, runs int) {
 			row(v.name+" zstd", src, z, conv, chain, rss)
 		}
 	}
-	fmt.Println("\nimport: ferry import URL dv://NS/NAME --checksum (creates the DataVolume, waits for the upload pod, uploads, waits for Succeeded)")
+	if len(sel) > 0 {
+		fmt.Printf("\nfloor: %s's RAW as a local file (no fetch, no conversion) uploaded by ferry import: %.2fs, by curl -T: %.2fs\n",
+			sel[0].name, floor.Seconds(), curlFloor.Seconds())
+	}
+	fmt.Println("import: ferry import URL dv://NS/NAME --checksum (creates the DataVolume, waits for the upload pod, uploads, waits for Succeeded)")
 	fmt.Println("convert: ferry convert URL FILE --checksum (flushed); chain: curl -o, qemu-img convert -m 16 -W, curl -T to /v1beta1/upload (DataVolume and token made beforehand, untimed)")
 	fmt.Println("every uploaded RAW's sha256, as the CDI peer received it, equals qemu-img's; \"zstd\": import --compress zstd")
 	fmt.Println("targets: i/c <= 1.20, i/chain <= 0.50, peak RSS <= 256M")
+}
+
+// curlUpload uploads the RAW file $OUT as CDI documents it. curl -T
+// streams the file; --data-binary @FILE would read it all into memory
+// first.
+const curlUpload = `curl -sSf -o /dev/null --cacert "$CA" -H "Authorization: Bearer $TOKEN" -X POST -T "$OUT" "$PROXY/v1beta1/upload"`
+
+// upload is a shell running script with the upload's parameters in its
+// environment (the token stays off command lines).
+func (c *testCluster) upload(script, out, token string, env ...string) *exec.Cmd {
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Env = append(os.Environ(), "OUT="+out, "CA="+c.ca, "TOKEN="+token, "PROXY="+c.proxy)
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
 }
 
 // settle flushes dirty pages, so a run does not pay for the previous

@@ -6,6 +6,10 @@
 // mixed data (random, compressible text, zero gaps), converted by qemu-img
 // into every format. It is cached in -dir with a stamp; -size shrinks it
 // for a quick look.
+//
+// Suites: convert (local files), http and s3 (remote sources), import
+// (into a DataVolume through internal/testpeer/cmd/ferry-testcluster: a
+// real kube-apiserver and the fake CDI).
 package main
 
 import (

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -99,6 +100,8 @@ func remoteSuite(dir, ferry string, sel []variant, runs int, withS3 bool) {
 func startHTTP(dir string) (string, func()) {
 	srv := exec.Command(buildTool(dir, "ferry-testhttp"), "-dir", dir, "-addr", fmt.Sprintf("127.0.0.1:%d", freePort()))
 	srv.Stderr = io.Discard
+	// must() exits without running defers: do not leave it serving.
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, _ := srv.StdoutPipe()
 	must(srv.Start())
 	base, err := bufio.NewReader(out).ReadString('\n')
