@@ -35,8 +35,26 @@ func main() {
 }
 
 func run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// First Ctrl-C (or SIGTERM, as Kubernetes sends): cancel, let the
+	// pipeline remove partial output, exit 130. A second: exit at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; !ok {
+			return
+		}
+		cancel()
+		// A read of stdin does not watch the context: closing it ends
+		// the read so the cancellation is seen.
+		os.Stdin.Close()
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "ferry: interrupted twice; exiting now")
+			os.Exit(exitInterrupted)
+		}
+	}()
 	root := newRoot()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)

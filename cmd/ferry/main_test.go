@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hikube/ferry/internal/testutil"
 )
@@ -182,4 +183,54 @@ func TestProgressLines(t *testing.T) {
 	if r.code != 0 || r.stderr != "" || r.stdout != "" {
 		t.Fatalf("--quiet printed: %q %q", r.stdout, r.stderr)
 	}
+}
+
+// TestInterruptRemovesPartialOutput: Ctrl-C in the middle of a conversion
+// (here blocked on a stdin that has sent half an image) exits 130 promptly
+// and leaves nothing at DST.
+func TestInterruptRemovesPartialOutput(t *testing.T) {
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "out.raw")
+	cmd := exec.Command(ferryBin, "convert", "-q", "-", dst)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Half a raw image, then silence: the conversion is under way.
+	stdin.Write(bytes.Repeat([]byte("ferry raw data "), 300000))
+	waitFor(t, func() bool {
+		entries, _ := os.ReadDir(dir)
+		return len(entries) > 0 // the hidden partial file exists
+	})
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("ferry did not stop within 5 s of SIGINT")
+	}
+	stdin.Close()
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted {
+		t.Fatalf("exit %d, want %d; stderr: %s", code, exitInterrupted, stderr.String())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("interrupted conversion left %v", entries)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not reached in 10 s")
 }
