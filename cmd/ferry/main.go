@@ -34,7 +34,26 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// pollableStdin makes a piped stdin non-blocking and pollable, so that
+// closing it on Ctrl-C unblocks a pending read (a blocking pipe read
+// would ignore the cancellation until the writer sends more). Terminals
+// are left alone: a non-blocking TTY would outlive us in the shell.
+func pollableStdin() {
+	st, err := os.Stdin.Stat()
+	if err != nil || st.Mode()&os.ModeNamedPipe == 0 {
+		return
+	}
+	if syscall.SetNonblock(syscall.Stdin, true) == nil {
+		// Keep the old *os.File reachable: its finalizer would close fd 0.
+		blockingStdin = os.Stdin
+		os.Stdin = os.NewFile(uintptr(syscall.Stdin), "/dev/stdin")
+	}
+}
+
+var blockingStdin *os.File
+
 func run(args []string) int {
+	pollableStdin()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// First Ctrl-C (or SIGTERM, as Kubernetes sends): cancel, let the
