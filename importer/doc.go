@@ -28,7 +28,7 @@
 // HTTP and S3 sources are read by a block engine (engine.go): the file is
 // cut in blocks (Options.BlockSize, 8 MiB) that Options.Connections
 // workers fetch with ranged requests, in file order, into a bounded cache
-// (Options.CacheSize, 64 MiB); one goroutine hashes the blocks strictly
+// (Options.CacheSize, 96 MiB); one goroutine hashes the blocks strictly
 // in order (SHA-256, plus the checksum's algorithm on the second core),
 // while ReadAt serves the converter from the cache. Random-access formats
 // (qcow2, VMDK, VHD, VHDX) read metadata anywhere and data roughly in

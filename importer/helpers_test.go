@@ -25,7 +25,7 @@ func testOptions() Options {
 	return Options{
 		Connections:   4,
 		BlockSize:     512 << 10,
-		CacheSize:     16 << 20,
+		CacheSize:     32 << 20,
 		Timeout:       10 * time.Second,
 		retryBase:     time.Millisecond,
 		retryAfterMax: 20 * time.Millisecond,

@@ -11,16 +11,16 @@ import (
 	"github.com/hikube/ferry/pkg/progress"
 )
 
-// Defaults. Four 8 MiB ranges in flight fill a fast link; a 64 MiB cache
-// gives read-ahead room and the converter's workers (a few 2-4 MiB reads
-// in flight) space to read out of order without a block being evicted
-// before they are done with it. Larger caches measured no faster over
-// loopback and cost memory.
+// Defaults. Four 8 MiB ranges in flight fill a fast link; a 96 MiB cache
+// gives the converter's workers room to read out of order: measured on the
+// bench corpus, 64 MiB re-fetched 3-5 % of compressed images (blocks
+// evicted before the workers were done with them), 96 MiB 1.6-2.9 % at
+// ~200 MiB peak RSS.
 const (
 	DefaultConnections = 4
 	DefaultRetries     = 5
 	DefaultBlockSize   = 8 << 20
-	DefaultCacheSize   = 64 << 20
+	DefaultCacheSize   = 96 << 20
 	DefaultTimeout     = 60 * time.Second
 
 	minBlockSize = 64 << 10
@@ -43,7 +43,7 @@ type Options struct {
 	// BlockSize is the unit of ranged requests, hashing and caching
 	// (default 8 MiB; a multiple of 64 KiB between 64 KiB and 64 MiB).
 	BlockSize int64
-	// CacheSize bounds the block cache (default 64 MiB; at least
+	// CacheSize bounds the block cache (default 96 MiB; at least
 	// Connections+2 blocks). Memory use is about CacheSize + CacheSize/8.
 	// It should exceed the converter's spread of reads in flight (workers
 	// × chunk size) several times, or blocks are evicted before they are
