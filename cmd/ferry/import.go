@@ -26,6 +26,8 @@ type importFlags struct {
 	format, allowDir, checksum, checksumURL, scratch, disk string
 	sourceCA                                               string
 	sourceInsecure                                         bool
+	connections, fetchRetries                              int
+	user, passwordFile, tokenFile                          string
 	headers                                                []string
 	workers                                                int
 	noSync                                                 bool
@@ -97,6 +99,11 @@ With --pull, CDI fetches SRC itself (source.http with a checksum, or source.s3).
 	fl.StringVar(&f.sourceCA, "source-ca-file", "", "PEM CA bundle for an HTTPS/S3 source")
 	fl.BoolVar(&f.sourceInsecure, "source-insecure", false, "skip TLS verification of the source")
 	fl.StringArrayVar(&f.headers, "header", nil, "extra HTTP header for the source, 'Name: value' (repeatable)")
+	fl.IntVar(&f.connections, "connections", importer.DefaultConnections, "parallel ranged requests to an http(s) or s3 source")
+	fl.IntVar(&f.fetchRetries, "source-retries", importer.DefaultRetries, "retries of a failed source request (transient errors only)")
+	fl.StringVar(&f.user, "user", "", "HTTP basic auth user for the source (password from --password-file or FERRY_HTTP_PASSWORD)")
+	fl.StringVar(&f.passwordFile, "password-file", "", "file holding the source's HTTP basic auth password")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding an HTTP bearer token for the source (or FERRY_HTTP_TOKEN)")
 	fl.IntVarP(&f.workers, "workers", "w", 0, "parallel conversion workers (default: number of CPUs)")
 	fl.BoolVar(&f.noSync, "no-sync", false, "do not fsync a file target at the end")
 
@@ -195,7 +202,8 @@ func runImport(cmd *cobra.Command, src, target string, f importFlags) error {
 		Fetch: importer.Options{
 			Checksum: f.checksum, ChecksumURL: f.checksumURL, Scratch: f.scratch, Disk: f.disk,
 			CAFile: f.sourceCA, Insecure: f.sourceInsecure, Headers: hdr, Auth: importer.AuthFromEnv(),
-			S3: importer.S3Options{Endpoint: f.s3Endpoint, Region: f.s3Region, PathStyle: f.s3PathStyle},
+			S3:          importer.S3Options{Endpoint: f.s3Endpoint, Region: f.s3Region, PathStyle: f.s3PathStyle},
+			Connections: f.connections, Retries: f.fetchRetries,
 		},
 		Kube: kube.Options{Kubeconfig: f.kubeconfig, Context: f.context, Namespace: f.namespace, UserAgent: "ferry/" + version},
 		DataVolume: uploader.DataVolumeOptions{
@@ -213,6 +221,18 @@ func runImport(cmd *cobra.Command, src, target string, f importFlags) error {
 		},
 		Progress: m,
 		OnStart:  func(in *pipeline.Input) { m.total.Store(in.VirtualSize()) },
+	}
+	if f.user != "" {
+		job.Fetch.Auth.Username = f.user
+	}
+	if f.passwordFile != "" {
+		job.Fetch.Auth.PasswordFile = f.passwordFile
+	}
+	if f.tokenFile != "" {
+		job.Fetch.Auth.TokenFile = f.tokenFile
+	}
+	if f.fetchRetries == 0 {
+		job.Fetch.Retries = -1 // --source-retries 0: none
 	}
 	if t.Kind == pipeline.TargetDV || t.Kind == pipeline.TargetVMDisk {
 		if t.Namespace == "" {
