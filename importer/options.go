@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hikube/ferry/pkg/progress"
+	"github.com/hikube/ferry/pkg/s3conf"
 )
 
 // Defaults. Four 8 MiB ranges in flight fill a fast link; a 96 MiB cache
@@ -241,21 +242,8 @@ func (a *Auth) load() error {
 	return nil
 }
 
-// s3FromEnv fills the empty fields from the usual AWS variables.
-func (s S3Options) withEnv() S3Options {
-	set := func(dst *string, keys ...string) {
-		for _, k := range keys {
-			if *dst == "" {
-				*dst = os.Getenv(k)
-			}
-		}
-	}
-	set(&s.Endpoint, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-	set(&s.Region, "AWS_REGION", "AWS_DEFAULT_REGION")
-	if s.AccessKey == "" && s.SecretKey == "" {
-		set(&s.AccessKey, "AWS_ACCESS_KEY_ID")
-		set(&s.SecretKey, "AWS_SECRET_ACCESS_KEY")
-		set(&s.SessionToken, "AWS_SESSION_TOKEN")
-	}
-	return s
+// conf is the shared S3 configuration (AWS_* defaults applied by WithEnv).
+func (s S3Options) conf() s3conf.Config {
+	return s3conf.Config{Endpoint: s.Endpoint, Region: s.Region, PathStyle: s.PathStyle,
+		AccessKey: s.AccessKey, SecretKey: s.SecretKey, SessionToken: s.SessionToken}
 }

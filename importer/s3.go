@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // s3Backend reads ranges of one S3 object with minio.Core.GetObject:
@@ -43,32 +41,6 @@ func parseS3(src string) (bucket, key string, err error) {
 // minio-go's own retries are turned off: the fetcher retries, resuming
 // from the exact byte.
 func newS3Core(o *Options) (*minio.Core, func(), error) {
-	s := o.S3.withEnv()
-	endpoint, secure := s.Endpoint, true
-	if endpoint == "" {
-		endpoint = "s3.amazonaws.com"
-	}
-	if strings.Contains(endpoint, "://") {
-		u, err := url.Parse(endpoint)
-		if err != nil {
-			return nil, nil, fmt.Errorf("s3 endpoint %s: %w", redactURL(endpoint), stripURLError(err))
-		}
-		switch u.Scheme {
-		case "http":
-			secure = false
-		case "https":
-		default:
-			return nil, nil, fmt.Errorf("s3 endpoint %s: scheme must be http or https", redactURL(endpoint))
-		}
-		if u.Path != "" && u.Path != "/" {
-			return nil, nil, fmt.Errorf("s3 endpoint %s: no path allowed", redactURL(endpoint))
-		}
-		endpoint = u.Host
-	}
-	lookup := minio.BucketLookupAuto
-	if s.PathStyle {
-		lookup = minio.BucketLookupPath
-	}
 	client, err := o.httpClient()
 	if err != nil {
 		return nil, nil, err
@@ -81,16 +53,15 @@ func newS3Core(o *Options) (*minio.Core, func(), error) {
 	if tr == nil {
 		tr = http.DefaultTransport
 	}
-	core, err := minio.NewCore(endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, s.SessionToken),
-		Secure:       secure,
-		Region:       s.Region,
-		BucketLookup: lookup,
-		Transport:    tr,
-		MaxRetries:   1,
-	})
+	host, mo, err := o.S3.conf().WithEnv().Options(tr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("s3 endpoint %s: %w", endpoint, err)
+		return nil, nil, err
+	}
+	// Retries are the fetcher's (with its permanent-error contract).
+	mo.MaxRetries = 1
+	core, err := minio.NewCore(host, mo)
+	if err != nil {
+		return nil, nil, fmt.Errorf("s3 endpoint %s: %w", host, err)
 	}
 	return core, closeIdle, nil
 }

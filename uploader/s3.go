@@ -7,14 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/hikube/ferry/pkg/s3conf"
 )
 
 // S3 user metadata ferry writes (sent as x-amz-meta-*).
@@ -70,22 +70,11 @@ func (o *S3Options) Validate() error {
 	if o.Bucket == "" || o.Key == "" {
 		return errors.New("s3 target: want a bucket and a key")
 	}
-	env := func(dst *string, names ...string) {
-		for _, n := range names {
-			if *dst == "" {
-				*dst = os.Getenv(n)
-			}
-		}
-	}
-	env(&o.Endpoint, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-	env(&o.Region, "AWS_REGION", "AWS_DEFAULT_REGION")
-	if o.AccessKey == "" && o.SecretKey == "" {
-		env(&o.AccessKey, "AWS_ACCESS_KEY_ID")
-		env(&o.SecretKey, "AWS_SECRET_ACCESS_KEY")
-		env(&o.SessionToken, "AWS_SESSION_TOKEN")
-	}
+	c := o.conf().WithEnv()
+	o.Endpoint, o.Region = c.Endpoint, c.Region
+	o.AccessKey, o.SecretKey, o.SessionToken = c.AccessKey, c.SecretKey, c.SessionToken
 	if o.Endpoint == "" {
-		o.Endpoint = "s3.amazonaws.com"
+		o.Endpoint = s3conf.DefaultEndpoint
 	}
 	if o.PartSize == 0 {
 		o.PartSize = 16 << 20
@@ -111,6 +100,11 @@ func (o *S3Options) Validate() error {
 		return errors.New("s3: ca-file and insecure exclude each other")
 	}
 	return nil
+}
+
+func (o *S3Options) conf() s3conf.Config {
+	return s3conf.Config{Endpoint: o.Endpoint, Region: o.Region, PathStyle: o.PathStyle,
+		AccessKey: o.AccessKey, SecretKey: o.SecretKey, SessionToken: o.SessionToken}
 }
 
 // S3Result describes an uploaded object.
@@ -151,14 +145,6 @@ func NewS3Target(o S3Options, opts ...S3Option) (*S3Target, error) {
 	for _, f := range opts {
 		f(&cfg)
 	}
-	endpoint, secure := o.Endpoint, true
-	if strings.Contains(endpoint, "://") {
-		u, err := url.Parse(endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || (u.Path != "" && u.Path != "/") {
-			return nil, fmt.Errorf("s3 endpoint %s: want host[:port] or http(s)://host[:port]", redactURL(endpoint))
-		}
-		endpoint, secure = u.Host, u.Scheme == "https"
-	}
 	var tr http.RoundTripper
 	if cfg.http != nil {
 		tr = cfg.http.Transport
@@ -179,19 +165,13 @@ func NewS3Target(o S3Options, opts ...S3Option) (*S3Target, error) {
 		t.TLSClientConfig = tlsCfg
 		tr = t
 	}
-	lookup := minio.BucketLookupAuto
-	if o.PathStyle {
-		lookup = minio.BucketLookupPath
-	}
-	mc, err := minio.New(endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(o.AccessKey, o.SecretKey, o.SessionToken),
-		Secure:       secure,
-		Region:       o.Region,
-		BucketLookup: lookup,
-		Transport:    tr,
-	})
+	host, mo, err := o.conf().Options(tr)
 	if err != nil {
-		return nil, fmt.Errorf("s3 endpoint %s: %w", endpoint, err)
+		return nil, err
+	}
+	mc, err := minio.New(host, mo)
+	if err != nil {
+		return nil, fmt.Errorf("s3 endpoint %s: %w", host, err)
 	}
 	return &S3Target{o: o, mc: mc}, nil
 }

@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"os"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/hikube/ferry/pkg/s3conf"
 )
 
 // S3Options configure the backup bucket's endpoint and credentials; empty
@@ -29,21 +28,17 @@ type S3Options struct {
 	Transport http.RoundTripper
 }
 
-// WithEnv fills empty fields from the environment.
+// WithEnv fills empty fields from the AWS_* variables (s3conf's rules).
 func (s S3Options) WithEnv() S3Options {
-	set := func(p *string, names ...string) {
-		for _, n := range names {
-			if *p == "" {
-				*p = os.Getenv(n)
-			}
-		}
-	}
-	set(&s.Endpoint, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-	set(&s.Region, "AWS_REGION", "AWS_DEFAULT_REGION")
-	set(&s.AccessKey, "AWS_ACCESS_KEY_ID")
-	set(&s.SecretKey, "AWS_SECRET_ACCESS_KEY")
-	set(&s.SessionToken, "AWS_SESSION_TOKEN")
+	c := s.conf().WithEnv()
+	s.Endpoint, s.Region = c.Endpoint, c.Region
+	s.AccessKey, s.SecretKey, s.SessionToken = c.AccessKey, c.SecretKey, c.SessionToken
 	return s
+}
+
+func (s S3Options) conf() s3conf.Config {
+	return s3conf.Config{Endpoint: s.Endpoint, Region: s.Region, PathStyle: s.PathStyle,
+		AccessKey: s.AccessKey, SecretKey: s.SecretKey, SessionToken: s.SessionToken}
 }
 
 // S3Location is s3://BUCKET/PREFIX.
@@ -83,38 +78,13 @@ func ParseS3(s string) (S3Location, error) {
 type objectStore struct{ c *minio.Client }
 
 func newObjectStore(o S3Options) (*objectStore, error) {
-	s := o.WithEnv()
-	endpoint, secure := s.Endpoint, true
-	if endpoint == "" {
-		endpoint = "s3.amazonaws.com"
-	}
-	if strings.Contains(endpoint, "://") {
-		u, err := url.Parse(endpoint)
-		if err != nil {
-			return nil, fmt.Errorf("s3 endpoint: %w", err)
-		}
-		switch u.Scheme {
-		case "http":
-			secure = false
-		case "https":
-		default:
-			return nil, fmt.Errorf("s3 endpoint %s: scheme must be http or https", u.Host)
-		}
-		endpoint = u.Host
-	}
-	lookup := minio.BucketLookupAuto
-	if s.PathStyle {
-		lookup = minio.BucketLookupPath
-	}
-	c, err := minio.New(endpoint, &minio.Options{
-		Creds:        credentials.NewStaticV4(s.AccessKey, s.SecretKey, s.SessionToken),
-		Secure:       secure,
-		Region:       s.Region,
-		BucketLookup: lookup,
-		Transport:    s.Transport,
-	})
+	host, mo, err := o.conf().WithEnv().Options(o.Transport)
 	if err != nil {
-		return nil, fmt.Errorf("s3 endpoint %s: %w", endpoint, err)
+		return nil, err
+	}
+	c, err := minio.New(host, mo)
+	if err != nil {
+		return nil, fmt.Errorf("s3 endpoint %s: %w", host, err)
 	}
 	return &objectStore{c: c}, nil
 }
