@@ -109,6 +109,7 @@ type block struct {
 	refetch  bool // fetched again after eviction
 	pins     int
 	units    []uint64 // 4 KiB units read by ReadAt
+	ubytes   []uint16 // bytes read of each unit not yet counted as read
 	seen     []uint64 // units touched by small reads
 	hot      []uint64 // units touched by small reads more than once
 	nUnits   int
@@ -117,6 +118,10 @@ type block struct {
 	lastTime time.Time
 	crcs     []uint32 // CRC-32C of its segments, until hashed
 }
+
+// readInFull: the converter is done with the block: every unit counts as
+// read (see touchLocked).
+func (b *block) readInFull() bool { return b.consumed == b.nUnits }
 
 // unitSize is the unit of consumption tracking; it is the metadata chunk
 // so that hot units move to the metadata cache as they are.
@@ -280,6 +285,7 @@ func (r *remote) nextJobLocked() (*block, io.ReadCloser) {
 				b.nUnits = int((n + unitSize - 1) / unitSize)
 				words := (b.nUnits + 63) / 64
 				b.units, b.seen, b.hot = make([]uint64, words), make([]uint64, words), make([]uint64, words)
+				b.ubytes = make([]uint16, b.nUnits)
 				r.blocks[idx] = b
 				var first io.ReadCloser
 				if idx == 0 && r.first != nil {
@@ -382,7 +388,7 @@ func (r *remote) victimLocked(aggressive bool) (*block, int) {
 		switch {
 		case r.completing:
 			c = 0
-		case b.consumed == b.nUnits && b.idx+r.near <= r.frontier:
+		case b.readInFull() && b.idx+r.near <= r.frontier:
 			// A worker lagging a little may still read the edges of a
 			// block read in full: keep the nearest ones.
 			c = 0
@@ -699,20 +705,27 @@ func (r *remote) touchLocked(b *block, in, n int64, small bool) {
 			b.seen[w] |= bit
 		}
 	}
-	u0 := int((in + unitSize - 1) / unitSize)
+	// A unit counts as read once reads, together, covered half of it:
+	// compressed formats read grain by grain, so unit boundaries fall
+	// between two reads, and sector padding and grain-table markers are
+	// never read by the data path. Counting only units one read covers
+	// whole left streamOptimized blocks never "read in full", evicted by
+	// LRU and sometimes fetched twice.
 	end := in + n
-	u1 := int(end / unitSize)
-	if end == int64(len(b.data)) {
-		u1 = b.nUnits
-	}
-	for u := u0; u < u1; u++ {
+	for u := int(in / unitSize); u < b.nUnits && int64(u)*unitSize < end; u++ {
 		w, bit := u/64, uint64(1)<<(u%64)
-		if b.units[w]&bit == 0 {
+		if b.units[w]&bit != 0 {
+			continue
+		}
+		lo, hi := max(in, int64(u)*unitSize), min(end, int64(u+1)*unitSize, int64(len(b.data)))
+		b.ubytes[u] = uint16(min(int64(b.ubytes[u])+hi-lo, unitSize))
+		ulen := min(unitSize, int64(len(b.data))-int64(u)*unitSize)
+		if int64(b.ubytes[u])*2 >= ulen {
 			b.units[w] |= bit
 			b.consumed++
 		}
 	}
-	if b.consumed == b.nUnits && b.idx > r.frontier {
+	if b.readInFull() && b.idx > r.frontier {
 		r.frontier = b.idx
 	}
 }
