@@ -6,7 +6,6 @@
 // # API
 //
 //	Open(ctx, src, o) (Source, error)         // random access: path, file://, http(s)://, s3://
-//	OpenImage(ctx, src, o) (Source, error)    // Open + OVA member (o.Disk) + compression wrapper
 //	                                          // spooled to o.Scratch; "-" (stdin) spooled too
 //	OpenStream(ctx, src, o) (*Stream, error)  // in order: "-" or any source; verdict at EOF
 //	Source.Complete(ctx) (Digests, error)     // hash what was not read, verify the checksum

@@ -3,13 +3,11 @@ package importer
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/hikube/ferry/internal/testpeer/httpserver"
 	"github.com/hikube/ferry/internal/testutil"
 )
 
@@ -65,36 +63,6 @@ func TestListOVA(t *testing.T) {
 	// Not a tar.
 	if _, err := ListOVA(bytes.NewReader(make([]byte, 4096)), 4096); err == nil {
 		t.Fatal("zeros listed")
-	}
-}
-
-// An OVA over HTTP: the chosen disk is read in place, the whole archive
-// hashed.
-func TestOpenImageOVA(t *testing.T) {
-	dir := t.TempDir()
-	ova, disks := makeOVA(t, dir)
-	whole, _ := os.ReadFile(ova)
-	srv := httpserver.Start(t, dir)
-	o := testOptions()
-	o.Checksum = "sha256:" + sha256Hex(whole)
-	if _, err := OpenImage(context.Background(), srv.URL+"/vm.ova", o); err == nil || !strings.Contains(err.Error(), "--disk") {
-		t.Fatalf("no disk chosen: %v", err)
-	}
-	o.Disk = "vm-disk2.vmdk"
-	s, err := OpenImage(context.Background(), srv.URL+"/vm.ova", o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if !strings.HasSuffix(s.Name(), "/vm.ova/vm-disk2.vmdk") || s.Size() != int64(len(disks["vm-disk2.vmdk"])) {
-		t.Fatalf("%s %d", s.Name(), s.Size())
-	}
-	got := make([]byte, s.Size()+10)
-	n, _ := s.ReadAt(got, 0)
-	equalBytes(t, got[:n], disks["vm-disk2.vmdk"])
-	d, err := s.Complete(context.Background())
-	if err != nil || d.SHA256 != sha256Hex(whole) {
-		t.Fatalf("%+v %v", d, err)
 	}
 }
 

@@ -119,7 +119,7 @@ func expectedChecksum(ctx context.Context, src string, o *Options) (alg, hexsum 
 // Open opens src for random access: a local path or file:// URL, an
 // http(s):// URL or s3://BUCKET/KEY. ctx bounds the whole life of the
 // Source: when it ends, fetching stops and reads fail. Open does not read
-// stdin ("-"): use OpenStream or OpenImage.
+// stdin ("-"): use OpenStream (pkg/pipeline.OpenInput unwraps and spools).
 func Open(ctx context.Context, src string, o Options) (Source, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -75,8 +76,9 @@ func TestStreamWrappers(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer st.Close()
-				pr := newPeekReader(st, SniffLen)
-				if got := SniffWrapper(pr.head); got != w {
+				pr := bufio.NewReader(st)
+				head, _ := pr.Peek(SniffLen)
+				if got := SniffWrapper(head); got != w {
 					t.Fatalf("sniffed %q", got)
 				}
 				zr, err := Decompress(pr, w)
@@ -162,73 +164,6 @@ func TestStreamChecksumAtEOF(t *testing.T) {
 	if d, err := st2.Complete(context.Background()); err != nil || d.Checksum != o.Checksum {
 		t.Fatalf("%+v %v", d, err)
 	}
-}
-
-// OpenImage decompresses a wrapped image to the scratch directory, and
-// refuses without one.
-func TestOpenImageWrapped(t *testing.T) {
-	dir := t.TempDir()
-	raw, files := wrapped(t, dir)
-	srv := httpserver.Start(t, dir)
-	for w, p := range files {
-		t.Run(string(w), func(t *testing.T) {
-			compressed, _ := os.ReadFile(p)
-			url := srv.URL + "/" + filepath.Base(p)
-			o := testOptions()
-			o.Checksum = "sha256:" + sha256Hex(compressed)
-			if _, err := OpenImage(context.Background(), url, o); !errors.Is(err, ErrNeedScratch) || !strings.Contains(err.Error(), string(w)+"-compressed") {
-				t.Fatalf("without scratch: %v", err)
-			}
-			o.Scratch = t.TempDir()
-			s, err := OpenImage(context.Background(), url, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			if s.Size() != int64(len(raw)) {
-				t.Fatalf("size %d", s.Size())
-			}
-			buf := make([]byte, 70000)
-			for _, off := range []int64{int64(len(raw)) - 70000, 0, 1 << 20} {
-				if _, err := s.ReadAt(buf, off); err != nil || !bytes.Equal(buf, raw[off:off+70000]) {
-					t.Fatalf("ReadAt %d: %v", off, err)
-				}
-			}
-			d, err := s.Complete(context.Background())
-			if err != nil || d.SHA256 != sha256Hex(compressed) || d.Checksum != o.Checksum {
-				t.Fatalf("%+v %v", d, err)
-			}
-			// stdin, same.
-			withStdin(t, p, func() {
-				s, err := OpenImage(context.Background(), "-", o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer s.Close()
-				got := make([]byte, s.Size())
-				s.ReadAt(got, 0)
-				equalBytes(t, got, raw)
-				if d, err := s.Complete(context.Background()); err != nil || d.SHA256 != sha256Hex(compressed) {
-					t.Fatalf("%+v %v", d, err)
-				}
-			})
-		})
-	}
-	t.Run("plain passes through", func(t *testing.T) {
-		s, err := OpenImage(context.Background(), srv.URL+"/disk.raw", testOptions())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if _, ok := s.(*remote); !ok {
-			t.Fatalf("a plain image is wrapped: %T", s)
-		}
-	})
-	t.Run("stdin needs scratch", func(t *testing.T) {
-		if _, err := OpenImage(context.Background(), "-", testOptions()); !errors.Is(err, ErrNeedScratch) {
-			t.Fatal(err)
-		}
-	})
 }
 
 func TestSpool(t *testing.T) {
