@@ -324,9 +324,18 @@ func TestDelta(t *testing.T) {
 	t.Run("cid-mismatch", func(t *testing.T) {
 		d := t.TempDir()
 		b, _ := os.ReadFile(base)
-		i := bytes.Index(b, []byte("\nCID="))
+		i := bytes.Index(b, []byte("\nCID=")) + 5
+		n := bytes.IndexByte(b[i:], '\n')
 		b2 := bytes.Clone(b)
-		copy(b2[i+5:], "0badc0de")
+		// qemu writes the CID with %x: 1 to 8 digits. Change every digit,
+		// keeping the length (the descriptor sits in a fixed area).
+		for k := i; k < i+n; k++ {
+			if b2[k] == '0' {
+				b2[k] = '1'
+			} else {
+				b2[k] = '0'
+			}
+		}
 		writeFile(t, filepath.Join(d, "base.vmdk"), b2)
 		child := filepath.Join(d, "child.vmdk")
 		// The child records the original CID.
