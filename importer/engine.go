@@ -76,6 +76,7 @@ type remote struct {
 	slotWait   int
 	frontier   int   // highest block read in full
 	lastBehind int64 // end of the last small read behind the hash cursor
+	runBehind  int64 // bytes of the run of adjacent small reads ending there
 	completing bool
 	err        error
 	closed     bool
@@ -626,13 +627,25 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 				return fmt.Errorf("read %s at offset %d: the server does not support range requests and these bytes were already dropped from the cache: %w", r.name, off, ErrNeedScratch)
 			}
 			// A small read fetches the few segments again, not the
-			// block; unless it follows the previous one (a reader going
-			// through the block): then the block is worth it.
-			if small && (off < r.lastBehind-r.seg || off > r.lastBehind+r.seg) {
-				done()
-				r.lastBehind = off + int64(len(dst))
-				r.mu.Unlock()
-				return r.readMeta(dst, off, r.seg)
+			// block; unless small reads in a row have gone through a
+			// quarter of it and 2 MiB (a reader going through the
+			// block): then the rest is worth one request. Format
+			// readers loading tables a batch at a time (qemu's
+			// streamOptimized VMDK keeps them all at the start) read a
+			// few adjacent chunks: the whole block for them cost a
+			// block, plus a read-ahead block it evicted.
+			if small {
+				if off < r.lastBehind-r.seg || off > r.lastBehind+r.seg {
+					r.runBehind = 0
+				}
+				if r.runBehind < max(r.bs/4, 2<<20) {
+					done()
+					r.runBehind += int64(len(dst))
+					r.lastBehind = off + int64(len(dst))
+					r.mu.Unlock()
+					return r.readMeta(dst, off, r.seg)
+				}
+				r.runBehind = 0
 			}
 			setDemand(refetch)
 		case small && !r.seq && r.sideReadLocked(idx):
