@@ -3,7 +3,9 @@ package importer
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"math/bits"
@@ -91,6 +93,8 @@ type remote struct {
 	// Counters for tests and tuning.
 	nRefetch, nMeta, nMetaBytes, nEvictUnread int64
 
+	hold     bool         // hashing waits for StartHash or Complete
+	ranges   []*rangeHash // digests of ranges, fed by the hash loop
 	finished bool
 	sha      string
 	checksum string
@@ -183,6 +187,7 @@ func newRemote(ctx context.Context, c remoteConfig) *remote {
 		lastBehind: -1 << 62,
 	}
 	r.cond = sync.NewCond(&r.mu)
+	r.hold = o.HoldHash
 	r.nb = int((r.size + r.bs - 1) / r.bs)
 	r.capB = int(o.CacheSize / r.bs)
 	r.lag = max(2, r.capB/2)
@@ -445,13 +450,19 @@ func (r *remote) hashLoop() {
 				r.mu.Unlock()
 				return
 			}
-			if b = r.blocks[r.H]; b != nil && b.ready {
+			if b = r.blocks[r.H]; b != nil && b.ready && (!r.hold || r.completing) {
 				break
 			}
 			r.cond.Wait()
 		}
 		b.pins++
 		base := int64(b.idx) * r.bs
+		var ranges []*rangeHash
+		for _, rh := range r.ranges {
+			if rh.off < base+int64(len(b.data)) && rh.end > base {
+				ranges = append(ranges, rh)
+			}
+		}
 		type check struct {
 			off int64
 			e   *ledgerEntry
@@ -465,6 +476,10 @@ func (r *remote) hashLoop() {
 		r.mu.Unlock()
 
 		r.h.write(b.data)
+		for _, rh := range ranges {
+			lo, hi := max(rh.off, base), min(rh.end, base+int64(len(b.data)))
+			rh.h.Write(b.data[lo-base : hi-base])
+		}
 		sums := make([][32]byte, len(checks))
 		for i, c := range checks {
 			end := min(c.off+metaChunk, base+int64(len(b.data)))
@@ -877,6 +892,45 @@ func (r *remote) evictMetaLocked() {
 		delete(r.meta, vk)
 		r.metaBytes -= int64(len(v.data))
 	}
+}
+
+// rangeHash is the digest of [off, end) of the source.
+type rangeHash struct {
+	off, end int64
+	h        hash.Hash
+}
+
+// StartHash lets hashing begin (see Options.HoldHash).
+func (r *remote) StartHash() {
+	r.mu.Lock()
+	r.hold = false
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// DigestRange has the in-order pass hash [off, off+n) with alg too; the
+// digest (hex) is known once Complete has returned. It fails when the pass
+// has gone past off: register ranges before StartHash.
+func (r *remote) DigestRange(off, n int64, alg string) (func() (string, error), error) {
+	h := newHash(alg)
+	if h == nil || off < 0 || n < 0 || off+n > r.size {
+		return nil, fmt.Errorf("digest %s range %d+%d with %q: invalid", r.name, off, n, alg)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if int64(r.H)*r.bs > off {
+		return nil, fmt.Errorf("digest %s range at %d: already hashed past it", r.name, off)
+	}
+	rh := &rangeHash{off: off, end: off + n, h: h}
+	r.ranges = append(r.ranges, rh)
+	return func() (string, error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if !r.finished {
+			return "", fmt.Errorf("digest %s range at %d: source not complete", r.name, off)
+		}
+		return hex.EncodeToString(rh.h.Sum(nil)), nil
+	}, nil
 }
 
 // Complete fetches and hashes what was never read, then checks the

@@ -81,6 +81,12 @@ type Options struct {
 	Scratch string
 	// Disk chooses the disk of an OVA archive holding several.
 	Disk string
+	// HoldHash makes a remote source wait for StartHash (or Complete)
+	// before hashing: a caller that reads a header first (an OVA's tar
+	// headers and manifest) may then still ask for the digest of a range
+	// (DigestRange) that starts near the beginning. Reads work meanwhile,
+	// but read-ahead stops at the cache's size.
+	HoldHash bool
 
 	// Progress, if set, counts the source bytes fetched and hashed.
 	Progress *progress.Counter

@@ -2,6 +2,8 @@ package importer
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"io"
 	"math/rand"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hikube/ferry/internal/testpeer/httpserver"
 	"github.com/hikube/ferry/pkg/progress"
 )
 
@@ -193,4 +196,68 @@ func TestNoConnectionLeak(t *testing.T) {
 		t.Fatalf("%d connections left open (%d before)", n, before)
 	}
 	checkNoLeak(t)
+}
+
+// DigestRange, on every source kind that supports it: a range's digest
+// comes out of the same pass as the file's, whatever the reads did
+// meanwhile; with HoldHash, ranges near the start can be registered after
+// reading the header; once hashed past, registering fails.
+func TestDigestRange(t *testing.T) {
+	const size = 6<<20 + 777
+	dir := t.TempDir()
+	local, data := randomFile(t, dir, "disk.img", size, 5)
+	srv := httpserver.Start(t, dir)
+	for _, src := range []string{srv.URL + "/disk.img", local} {
+		t.Run(map[bool]string{true: "http", false: "local"}[strings.HasPrefix(src, "http")], func(t *testing.T) {
+			o := testOptions()
+			o.CacheSize = 3 << 20 // 6 blocks: half the file
+			o.HoldHash = true
+			o.Checksum = "sha256:" + sha256Hex(data)
+			s := mustOpen(t, src, o)
+			defer s.Close()
+			rd, ok := s.(RangeDigester)
+			if !ok {
+				t.Fatalf("%T is not a RangeDigester", s)
+			}
+			head := make([]byte, 4096)
+			if _, err := s.ReadAt(head, 0); err != nil {
+				t.Fatal(err)
+			}
+			// Far ahead and small: served around the held window.
+			if _, err := s.ReadAt(head, size-5000); err != nil {
+				t.Fatal(err)
+			}
+			sums := map[[2]int64]func() (string, error){}
+			for _, r := range [][2]int64{{512, 3 << 20}, {4<<20 + 1, size - 4<<20 - 1}, {0, 0}} {
+				sum, err := rd.DigestRange(r[0], r[1], "sha1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				sums[r] = sum
+			}
+			if _, err := rd.DigestRange(size-10, 11, "sha1"); err == nil {
+				t.Fatal("range past the end accepted")
+			}
+			rd.StartHash()
+			buf := make([]byte, 1<<20)
+			for off := int64(size) - int64(len(buf)); off > 0; off -= 3 << 20 {
+				s.ReadAt(buf, off)
+			}
+			if _, err := s.Complete(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			for r, sum := range sums {
+				got, err := sum()
+				want := sha1.Sum(data[r[0] : r[0]+r[1]])
+				if err != nil || got != hex.EncodeToString(want[:]) {
+					t.Fatalf("range %v: %s, %v; want %x", r, got, err, want)
+				}
+			}
+			if _, isRemote := s.(*remote); isRemote {
+				if _, err := rd.DigestRange(100, 10, "sha256"); err == nil || !strings.Contains(err.Error(), "already hashed past") {
+					t.Fatalf("late range: %v", err)
+				}
+			}
+		})
+	}
 }

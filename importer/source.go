@@ -2,6 +2,7 @@ package importer
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -211,6 +212,10 @@ type localSource struct {
 	d      Digests
 	err    error
 	once   sync.Once
+
+	rangesCtx    context.Context
+	rangesCancel context.CancelFunc
+	ranges       sync.WaitGroup
 }
 
 func openLocal(ctx context.Context, p string, o *Options, alg, expects string) (Source, error) {
@@ -236,6 +241,7 @@ func openLocal(ctx context.Context, p string, o *Options, alg, expects string) (
 		}
 	}
 	s := &localSource{f: f, name: p, size: size}
+	s.rangesCtx, s.rangesCancel = context.WithCancel(ctx)
 	o.Progress.SetTotal(size)
 	if alg != "" {
 		hctx, cancel := context.WithCancel(ctx)
@@ -272,7 +278,56 @@ func (s *localSource) ReadAt(p []byte, off int64) (int, error) { return s.f.Read
 func (s *localSource) Name() string                            { return s.name }
 func (s *localSource) Size() int64                             { return s.size }
 
+// StartHash is a no-op: a local file is hashed by its own reads.
+func (s *localSource) StartHash() {}
+
+// DigestRange hashes [off, off+n) of the file with alg, reading it in a
+// goroutine; Complete waits for it.
+func (s *localSource) DigestRange(off, n int64, alg string) (func() (string, error), error) {
+	h := newHash(alg)
+	if h == nil || off < 0 || n < 0 || off+n > s.size {
+		return nil, fmt.Errorf("digest %s range %d+%d with %q: invalid", s.name, off, n, alg)
+	}
+	var sum string
+	var err error
+	done := make(chan struct{})
+	s.ranges.Add(1)
+	go func() {
+		defer s.ranges.Done()
+		defer close(done)
+		buf := make([]byte, 4<<20)
+		for at := off; at < off+n; {
+			if err = s.rangesCtx.Err(); err != nil {
+				return
+			}
+			m, rerr := s.f.ReadAt(buf[:min(int64(len(buf)), off+n-at)], at)
+			h.Write(buf[:m])
+			at += int64(m)
+			if rerr != nil && !(rerr == io.EOF && at == off+n) {
+				err = fmt.Errorf("hash %s at %d: %w", s.name, at, rerr)
+				return
+			}
+		}
+		sum = hex.EncodeToString(h.Sum(nil))
+	}()
+	return func() (string, error) {
+		select {
+		case <-done:
+			return sum, err
+		default:
+			return "", fmt.Errorf("digest %s range at %d: source not complete", s.name, off)
+		}
+	}, nil
+}
+
 func (s *localSource) Complete(ctx context.Context) (Digests, error) {
+	waited := make(chan struct{})
+	go func() { s.ranges.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		return Digests{}, context.Cause(ctx)
+	}
 	if s.done == nil {
 		return Digests{}, nil
 	}
@@ -291,6 +346,8 @@ func (s *localSource) Close() error {
 			s.cancel()
 			<-s.done
 		}
+		s.rangesCancel()
+		s.ranges.Wait()
 		err = s.f.Close()
 	})
 	return err

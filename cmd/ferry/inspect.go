@@ -56,6 +56,9 @@ func printReport(w io.Writer, r *pipeline.InspectReport) {
 	for _, d := range r.OVADisks {
 		p("ova disk", fmt.Sprintf("%s (%s)", d.Name, humanBytes(d.Size)))
 	}
+	if r.OVAManifest != "" {
+		p("ova manifest", r.OVAManifest+" (checked on conversion)")
+	}
 	if r.OVADisk != "" {
 		p("image in ova", r.OVADisk)
 	}

@@ -133,12 +133,21 @@ func TestFailuresLeaveNothing(t *testing.T) {
 	unsafe := filepath.Join(dir, "unsafe.qcow2")
 	testutil.QemuImg(t, "create", "-q", "-f", "qcow2", "-u", "-b", filepath.Join(outside, "secret.raw"), "-F", "raw", unsafe, "1M")
 
+	// An OVA whose manifest gives another digest for the disk.
+	ovaSrc := t.TempDir()
+	os.WriteFile(filepath.Join(ovaSrc, "vm.ovf"), []byte("<Envelope/>"), 0o644)
+	os.WriteFile(filepath.Join(ovaSrc, "vm.mf"), []byte("SHA256(disk.qcow2)= "+strings.Repeat("0", 64)+"\n"), 0o644)
+	testutil.Run(t, "cp", good, filepath.Join(ovaSrc, "disk.qcow2"))
+	badOVA := filepath.Join(dir, "bad.ova")
+	testutil.Run(t, "tar", "-cf", badOVA, "-C", ovaSrc, "vm.ovf", "vm.mf", "disk.qcow2")
+
 	cases := []struct {
 		name     string
 		args     []string
 		code     int
 		contains string
 	}{
+		{"ova-manifest-mismatch", []string{"convert", badOVA, "OUT"}, exitChecksum, "per the archive's manifest vm.mf"},
 		{"truncated", []string{"convert", trunc, "OUT"}, exitBadImage, "convert"},
 		{"unsafe-backing", []string{"convert", unsafe, "OUT"}, exitBadImage, "unsafe file reference"},
 		{"missing-source", []string{"convert", filepath.Join(dir, "nope.qcow2"), "OUT"}, exitFailure, "no such file"},

@@ -89,15 +89,18 @@ func (j *ConvertJob) Validate() error {
 
 // Report is what a conversion did; the CLI prints it with --output json.
 type Report struct {
-	Source         string      `json:"source"`
-	Destination    string      `json:"destination"`
-	Format         format.Type `json:"format"`
-	Wrapper        string      `json:"wrapper,omitempty"`
-	OVADisk        string      `json:"ova_disk,omitempty"`
-	VirtualSize    int64       `json:"virtual_size"`
-	AllocatedBytes int64       `json:"allocated_bytes"`
-	BytesWritten   int64       `json:"bytes_written"`
-	RawSHA256      string      `json:"raw_sha256,omitempty"`
+	Source      string      `json:"source"`
+	Destination string      `json:"destination"`
+	Format      format.Type `json:"format"`
+	Wrapper     string      `json:"wrapper,omitempty"`
+	OVADisk     string      `json:"ova_disk,omitempty"`
+	// OVAManifestChecksum is the disk's digest from the OVA's manifest,
+	// verified.
+	OVAManifestChecksum string `json:"ova_manifest_checksum,omitempty"`
+	VirtualSize         int64  `json:"virtual_size"`
+	AllocatedBytes      int64  `json:"allocated_bytes"`
+	BytesWritten        int64  `json:"bytes_written"`
+	RawSHA256           string `json:"raw_sha256,omitempty"`
 	// SourceSHA256 is the digest of the source file as fetched (remote
 	// sources, stdin, or when a checksum was asked for).
 	SourceSHA256 string `json:"source_sha256,omitempty"`
@@ -157,21 +160,22 @@ func Convert(ctx context.Context, j ConvertJob) (*Report, error) {
 		}
 	}
 	return &Report{
-		Source:          in.Name,
-		Destination:     j.Destination,
-		Format:          res.Format,
-		Wrapper:         string(in.Wrapper),
-		OVADisk:         in.Member,
-		VirtualSize:     res.VirtualSize,
-		AllocatedBytes:  res.AllocatedBytes,
-		BytesWritten:    res.BytesWritten,
-		RawSHA256:       res.RawSHA256,
-		SourceSHA256:    dig.SHA256,
-		Checksum:        dig.Checksum,
-		BytesFetched:    dig.BytesFetched,
-		Requests:        dig.Requests,
-		Retries:         dig.Retries,
-		DurationSeconds: time.Since(start).Seconds(),
+		Source:              in.Name,
+		Destination:         j.Destination,
+		Format:              res.Format,
+		Wrapper:             string(in.Wrapper),
+		OVADisk:             in.Member,
+		OVAManifestChecksum: in.ManifestChecksum,
+		VirtualSize:         res.VirtualSize,
+		AllocatedBytes:      res.AllocatedBytes,
+		BytesWritten:        res.BytesWritten,
+		RawSHA256:           res.RawSHA256,
+		SourceSHA256:        dig.SHA256,
+		Checksum:            dig.Checksum,
+		BytesFetched:        dig.BytesFetched,
+		Requests:            dig.Requests,
+		Retries:             dig.Retries,
+		DurationSeconds:     time.Since(start).Seconds(),
 	}, nil
 }
 
@@ -183,6 +187,8 @@ type InspectReport struct {
 	Wrapper  string             `json:"wrapper,omitempty"`
 	OVADisk  string             `json:"ova_disk,omitempty"`
 	OVADisks []importer.OVADisk `json:"ova_disks,omitempty"`
+	// OVAManifest names the archive's manifest, checked on conversion.
+	OVAManifest string `json:"ova_manifest,omitempty"`
 }
 
 // Inspect opens an image (any source OpenInput takes) and describes it.
@@ -194,7 +200,7 @@ func Inspect(ctx context.Context, src string, o InputOptions) (*InspectReport, e
 		return nil, err
 	}
 	defer in.Close()
-	rep := &InspectReport{Source: in.Name, Wrapper: string(in.Wrapper), OVADisk: in.Member, OVADisks: in.Disks}
+	rep := &InspectReport{Source: in.Name, Wrapper: string(in.Wrapper), OVADisk: in.Member, OVADisks: in.Disks, OVAManifest: in.Manifest}
 	if in.Image == nil {
 		rep.Info = format.Info{Format: in.Type, VirtualSize: -1}
 	} else {

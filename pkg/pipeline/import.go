@@ -212,14 +212,18 @@ func storeName(src string) string {
 
 // ImportReport describes a finished import (ferry import --output json).
 type ImportReport struct {
-	Source         string      `json:"source"`
-	Target         string      `json:"target"`
-	TargetKind     TargetKind  `json:"target_kind"`
-	Format         format.Type `json:"format,omitempty"`
-	VirtualSize    int64       `json:"virtual_size"`
-	AllocatedBytes int64       `json:"allocated_bytes,omitempty"`
-	SourceSHA256   string      `json:"source_sha256,omitempty"`
-	RawSHA256      string      `json:"raw_sha256,omitempty"`
+	Source     string      `json:"source"`
+	Target     string      `json:"target"`
+	TargetKind TargetKind  `json:"target_kind"`
+	Format     format.Type `json:"format,omitempty"`
+	// OVADisk is the archive member imported; OVAManifestChecksum its
+	// digest from the archive's manifest, verified.
+	OVADisk             string `json:"ova_disk,omitempty"`
+	OVAManifestChecksum string `json:"ova_manifest_checksum,omitempty"`
+	VirtualSize         int64  `json:"virtual_size"`
+	AllocatedBytes      int64  `json:"allocated_bytes,omitempty"`
+	SourceSHA256        string `json:"source_sha256,omitempty"`
+	RawSHA256           string `json:"raw_sha256,omitempty"`
 	// SourceChecksum is the verified "alg:hex" when one was asked for.
 	SourceChecksum  string  `json:"source_checksum,omitempty"`
 	BytesFetched    int64   `json:"bytes_fetched,omitempty"`
@@ -332,6 +336,7 @@ func (j *ImportJob) toFile(ctx context.Context, rep *ImportReport) error {
 		return fmt.Errorf("write %s: %w", rep.Target, err)
 	}
 	fillReport(rep, res, d)
+	rep.OVADisk, rep.OVAManifestChecksum = in.Member, in.ManifestChecksum
 	return nil
 }
 
@@ -388,6 +393,7 @@ func (j *ImportJob) rawSource(first *Input, rep *ImportReport) (img uploader.Ima
 			last = d
 			rep.Format, rep.AllocatedBytes, rep.VirtualSize = res.Format, res.AllocatedBytes, res.VirtualSize
 			rep.SourceChecksum, rep.BytesFetched = d.Checksum, rep.BytesFetched+d.BytesFetched
+			rep.OVADisk, rep.OVAManifestChecksum = op.Member, op.ManifestChecksum
 			mu.Unlock()
 			pw.Close()
 		}()

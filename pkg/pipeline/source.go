@@ -43,6 +43,11 @@ type Input struct {
 	// lists all of the archive's disks.
 	Member string
 	Disks  []importer.OVADisk
+	// Manifest is the OVA's manifest member, if any; ManifestChecksum the
+	// member's digest it gives ("alg:hex"), verified by Verify; empty
+	// when the manifest does not list the disk.
+	Manifest         string
+	ManifestChecksum string
 	// Image is set for random access; nil for a stream.
 	Image format.Image
 
@@ -116,16 +121,27 @@ func OpenInput(ctx context.Context, src string, o InputOptions) (*Input, error) 
 		}
 		return in, nil
 	}
-	base, err := importer.Open(ctx, src, o.Fetch)
+	// Hashing waits until the OVA member to digest, if any, is known.
+	fo := o.Fetch
+	fo.HoldHash = true
+	base, err := importer.Open(ctx, src, fo)
 	if err != nil {
 		return nil, err
 	}
 	in := &Input{Name: base.Name(), verify: base.Complete, closers: []io.Closer{base}}
-	if err := in.open(ctx, src, base, o); err != nil {
+	err = in.open(ctx, src, base, o)
+	startHash(base)
+	if err != nil {
 		in.Close()
 		return nil, err
 	}
 	return in, nil
+}
+
+func startHash(s importer.Source) {
+	if rd, ok := s.(importer.RangeDigester); ok {
+		rd.StartHash()
+	}
 }
 
 func (in *Input) open(ctx context.Context, src string, base importer.Source, o InputOptions) error {
@@ -135,7 +151,7 @@ func (in *Input) open(ctx context.Context, src string, base importer.Source, o I
 		return fmt.Errorf("read %s: %w", in.Name, err)
 	}
 	if importer.IsTar(h) {
-		disks, err := importer.ListOVA(base, base.Size())
+		disks, mf, err := importer.ScanOVA(base, base.Size())
 		if err != nil {
 			return fmt.Errorf("%s: %w", in.Name, err)
 		}
@@ -145,11 +161,17 @@ func (in *Input) open(ctx context.Context, src string, base importer.Source, o I
 			return fmt.Errorf("%s: %w", in.Name, err)
 		}
 		in.Member = d.Name
+		if mf != nil {
+			if err := in.checkManifest(base, *mf, d); err != nil {
+				return fmt.Errorf("%s: %w", in.Name, err)
+			}
+		}
 		member = importer.OVADiskSource(base, d)
 		if h, err = readHead(member, 512); err != nil {
 			return fmt.Errorf("read %s: %w", member.Name(), err)
 		}
 	}
+	startHash(base)
 	if w := importer.SniffWrapper(h); w != importer.None {
 		// Read in order: the remote engine fetches and hashes ahead.
 		return in.openStream(ctx, io.NewSectionReader(member, 0, member.Size()), o)
@@ -171,6 +193,59 @@ func (in *Input) open(ctx context.Context, src string, base importer.Source, o I
 		return fmt.Errorf("open %s: %w", member.Name(), err)
 	}
 	in.Image, in.Type = img, img.Type()
+	return nil
+}
+
+// checkManifest reads the OVA's manifest and has the source digest disk
+// d as it hashes the archive; Verify then compares. A manifest that does
+// not list the disk verifies nothing (ManifestChecksum stays empty).
+func (in *Input) checkManifest(base importer.Source, mf, d importer.OVADisk) error {
+	in.Manifest = mf.Name
+	if mf.Size > importer.MaxOVAManifest {
+		return fmt.Errorf("ova manifest %s: %d bytes, more than %d", mf.Name, mf.Size, importer.MaxOVAManifest)
+	}
+	data := make([]byte, mf.Size)
+	// Small reads: the source hashes nothing yet, so its read-ahead
+	// cannot move; reads this size go around it.
+	for at := int64(0); at < mf.Size; at += 64 << 10 {
+		end := min(at+64<<10, mf.Size)
+		if _, err := base.ReadAt(data[at:end], mf.Offset+at); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("read ova manifest %s: %w", mf.Name, err)
+		}
+	}
+	sums, err := importer.ParseOVAManifest(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", mf.Name, err)
+	}
+	want, ok := sums[d.Name]
+	if !ok {
+		return nil
+	}
+	rd, ok := base.(importer.RangeDigester)
+	if !ok {
+		return nil
+	}
+	sum, err := rd.DigestRange(d.Offset, d.Size, want.Alg)
+	if err != nil {
+		return err
+	}
+	complete := in.verify
+	in.verify = func(ctx context.Context) (importer.Digests, error) {
+		dg, err := complete(ctx)
+		if err != nil {
+			return dg, err
+		}
+		got, err := sum()
+		if err != nil {
+			return dg, err
+		}
+		if got != want.Hex {
+			return dg, &importer.ChecksumError{Alg: want.Alg, Expected: want.Hex, Actual: got,
+				Source: fmt.Sprintf("%s/%s (per the archive's manifest %s)", in.Name, d.Name, mf.Name)}
+		}
+		in.ManifestChecksum = want.Alg + ":" + want.Hex
+		return dg, nil
+	}
 	return nil
 }
 

@@ -3,11 +3,13 @@ package pipeline
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hikube/ferry/converter"
@@ -165,4 +167,73 @@ func withStdin(t *testing.T, p string, f func()) {
 	os.Stdin = fh
 	defer func() { os.Stdin = old }()
 	f()
+}
+
+// An OVA's manifest (.mf) is checked for the disk converted, from HTTP and
+// from a local file, wherever the manifest lies in the archive; a wrong
+// digest fails Verify with a ChecksumError (exit 4 in the CLI).
+func TestOpenInputOVAManifest(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "vm.ovf"), []byte("<Envelope/>"), 0o644)
+	raw := filepath.Join(dir, "disk.raw")
+	testutil.Pattern(t, raw, 9<<20, 4)
+	disk := filepath.Join(src, "vm-disk1.vmdk")
+	testutil.QemuImg(t, "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, disk)
+	want, _ := testutil.SHA256File(t, raw)
+	b, _ := os.ReadFile(disk)
+	s1, s256 := sha1.Sum(b), sha256.Sum256(b)
+	good1, good256 := hex.EncodeToString(s1[:]), hex.EncodeToString(s256[:])
+	srv := httpserver.Start(t, dir)
+	for _, c := range []struct {
+		name, mf string
+		last     bool   // manifest after the disk
+		verified string // ManifestChecksum, "" for none
+		bad      bool
+	}{
+		{"sha256 first", "SHA256(vm.ovf)= " + good256 + "\nSHA256(vm-disk1.vmdk)= " + good256 + "\n", false, "sha256:" + good256, false},
+		{"sha1 last", "SHA1 (vm-disk1.vmdk)= " + good1 + "\r\n", true, "sha1:" + good1, false},
+		{"disk not listed", "SHA256(vm.ovf)= " + good256 + "\n", false, "", false},
+		{"wrong digest", "SHA256(vm-disk1.vmdk)= " + strings.Repeat("0", 64) + "\n", true, "", true},
+	} {
+		os.WriteFile(filepath.Join(src, "vm.mf"), []byte(c.mf), 0o644)
+		members := []string{"vm.ovf", "vm.mf", "vm-disk1.vmdk"}
+		if c.last {
+			members = []string{"vm.ovf", "vm-disk1.vmdk", "vm.mf"}
+		}
+		ova := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".ova")
+		testutil.Run(t, "tar", append([]string{"-cf", ova, "-C", src}, members...)...)
+		for _, where := range []string{srv.URL + "/" + filepath.Base(ova), ova} {
+			t.Run(c.name+"/"+map[bool]string{true: "http", false: "local"}[strings.HasPrefix(where, "http")], func(t *testing.T) {
+				o := InputOptions{Fetch: importer.Options{CacheSize: 6 << 20, BlockSize: 1 << 20}}
+				in, err := OpenInput(context.Background(), where, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer in.Close()
+				if in.Manifest != "vm.mf" {
+					t.Fatalf("manifest %q", in.Manifest)
+				}
+				h := sha256.New()
+				if _, err := in.Convert(context.Background(), converter.Options{Stream: h}); err != nil {
+					t.Fatal(err)
+				}
+				if got := hex.EncodeToString(h.Sum(nil)); got != want {
+					t.Fatalf("raw %s, want %s", got, want)
+				}
+				_, err = in.Verify(context.Background())
+				var ce *importer.ChecksumError
+				if c.bad {
+					if !errors.As(err, &ce) || ce.Actual != good256 || !strings.Contains(err.Error(), "vm-disk1.vmdk (per the archive's manifest vm.mf)") {
+						t.Fatalf("want a checksum error naming the manifest: %v", err)
+					}
+					return
+				}
+				if err != nil || in.ManifestChecksum != c.verified {
+					t.Fatalf("verify: %v; manifest checksum %q, want %q", err, in.ManifestChecksum, c.verified)
+				}
+			})
+		}
+	}
 }
