@@ -668,6 +668,12 @@ func (r *remote) readBlock(dst []byte, idx int, in int64, small bool) error {
 			r.mu.Unlock()
 			return r.readMeta(dst, off, metaChunk)
 		case idx >= r.H+r.capB:
+			// The window must move, so hashing must run: a hold
+			// (Options.HoldHash) ends here rather than wait forever.
+			if r.hold {
+				r.hold = false
+				r.cond.Broadcast()
+			}
 			setDemand(far)
 		default:
 			setDemand(want)

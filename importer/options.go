@@ -84,8 +84,9 @@ type Options struct {
 	// HoldHash makes a remote source wait for StartHash (or Complete)
 	// before hashing: a caller that reads a header first (an OVA's tar
 	// headers and manifest) may then still ask for the digest of a range
-	// (DigestRange) that starts near the beginning. Reads work meanwhile,
-	// but read-ahead stops at the cache's size.
+	// (DigestRange) that starts near the beginning. Reads work meanwhile
+	// and read-ahead stops at the cache's size; a read beyond it ends
+	// the hold (DigestRange may then be too late, and says so).
 	HoldHash bool
 
 	// Progress, if set, counts the source bytes fetched and hashed.
