@@ -21,12 +21,12 @@ type spoolSource struct {
 	once     sync.Once
 }
 
-// Spool copies r to a temporary file in dir and returns it as a Source
-// named after dir. It is bounded by the disk: a full disk fails with a
-// clear error. The file is removed on Close. Complete reports the bytes
-// spooled.
-func Spool(ctx context.Context, r io.Reader, dir string) (Source, error) {
-	return spool(ctx, r, dir, "spool in "+dir, -1)
+// Spool copies r (the stream of source name) to a temporary file in dir
+// and returns it as a Source named name. It is bounded by the disk: a full
+// disk fails with a clear error. The file is removed on Close. Complete
+// reports the bytes spooled.
+func Spool(ctx context.Context, r io.Reader, dir, name string) (Source, error) {
+	return spool(ctx, r, dir, name, -1)
 }
 
 func spool(ctx context.Context, r io.Reader, dir, name string, hint int64) (*spoolSource, error) {
@@ -55,7 +55,7 @@ func spool(ctx context.Context, r io.Reader, dir, name string, hint int64) (*spo
 			if _, err := f.Write(buf[:m]); err != nil {
 				f.Close()
 				if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-					return nil, fmt.Errorf("spool %s to %s: the disk is full after %d bytes: %w", name, dir, n, err)
+					return nil, fmt.Errorf("spool %s to %s: the disk is full after %d bytes (%d MiB): %w", name, dir, n, n>>20, err)
 				}
 				return nil, fmt.Errorf("spool %s to %s: %w", name, dir, err)
 			}

@@ -169,7 +169,7 @@ func TestStreamChecksumAtEOF(t *testing.T) {
 func TestSpool(t *testing.T) {
 	dir := t.TempDir()
 	data := bytes.Repeat([]byte("spool me "), 300000)
-	s, err := Spool(context.Background(), bytes.NewReader(data), dir)
+	s, err := Spool(context.Background(), bytes.NewReader(data), dir, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,14 +190,14 @@ func TestSpool(t *testing.T) {
 	s.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Spool(ctx, bytes.NewReader(data), dir); !errors.Is(err, context.Canceled) {
+	if _, err := Spool(ctx, bytes.NewReader(data), dir, "test"); !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
-	if _, err := Spool(context.Background(), bytes.NewReader(data), filepath.Join(dir, "missing")); err == nil {
+	if _, err := Spool(context.Background(), bytes.NewReader(data), filepath.Join(dir, "missing"), "test"); err == nil {
 		t.Fatal("missing dir accepted")
 	}
 	// A reader failing mid-way fails the spool.
-	if _, err := Spool(context.Background(), io.MultiReader(bytes.NewReader(data), errReader{}), dir); err == nil || !strings.Contains(err.Error(), "boom") {
+	if _, err := Spool(context.Background(), io.MultiReader(bytes.NewReader(data), errReader{}), dir, "test"); err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatal(err)
 	}
 }

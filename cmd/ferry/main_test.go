@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,4 +243,49 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 	t.Fatal("condition not reached in 10 s")
+}
+
+// A full disk, where the spool goes (--scratch) or where the output goes:
+// one line naming the cause, exit 1, and nothing left on either disk.
+func TestFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk.raw")
+	testutil.Run(t, "sh", "-c", "head -c 12582912 /dev/urandom > "+raw)
+	img := filepath.Join(dir, "disk.qcow2")
+	testutil.QemuImg(t, "convert", "-q", "-f", "raw", "-O", "qcow2", raw, img)
+	testutil.Run(t, "xz", "-0", "-k", img)
+	for _, c := range []struct {
+		name     string
+		args     func(small, out string) []string
+		contains string
+	}{
+		{"scratch", func(small, out string) []string {
+			return []string{"convert", "--scratch", small, img + ".xz", filepath.Join(out, "out.raw")}
+		}, "the disk is full after"},
+		{"output", func(small, out string) []string {
+			return []string{"convert", img, filepath.Join(small, "out.raw")}
+		}, "no space left on device"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			small := testutil.SmallFS(t, 4<<20)
+			out := t.TempDir()
+			r := ferry(t, nil, c.args(small, out)...)
+			if r.code != exitFailure {
+				t.Fatalf("exit %d, want %d; stderr: %s", r.code, exitFailure, r.stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], c.contains) {
+				t.Fatalf("stderr should be one line naming the cause (%q): %q", c.contains, r.stderr)
+			}
+			for _, d := range []string{small, out} {
+				if entries, _ := os.ReadDir(d); len(entries) != 0 {
+					t.Fatalf("%s left in %s", entries[0].Name(), d)
+				}
+			}
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(small, &st); err != nil || st.Bfree != st.Blocks {
+				t.Fatalf("the small disk still has %d blocks in use (%v)", st.Blocks-st.Bfree, err)
+			}
+		})
+	}
 }

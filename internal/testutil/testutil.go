@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/lima-vm/go-qcow2reader/image"
@@ -230,4 +231,26 @@ func Truncated(t testing.TB, src string, n int64) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// SmallFS mounts a tmpfs of size bytes on a new temporary directory, for
+// tests of a full disk, and unmounts it when the test ends. Mounting needs
+// root (CI runs as root); elsewhere the test is skipped, and in CI it
+// fails rather than skip.
+func SmallFS(t testing.TB, size int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0755", size)); err != nil {
+		msg := fmt.Sprintf("mount a %d-byte tmpfs for a full-disk test: %v (needs root)", size, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
 }

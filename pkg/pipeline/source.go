@@ -284,9 +284,9 @@ func (in *Input) openStream(ctx context.Context, r io.Reader, o InputOptions) er
 	if o.Fetch.Scratch == "" {
 		return fmt.Errorf("%s: %s needs random access: pass --scratch DIR to spool it to disk: %w", in.Name, what, converter.ErrNeedsRandomAccess)
 	}
-	sp, err := importer.Spool(ctx, br, o.Fetch.Scratch)
+	sp, err := importer.Spool(ctx, br, o.Fetch.Scratch, in.Name)
 	if err != nil {
-		return fmt.Errorf("spool %s to %s: %w", in.Name, o.Fetch.Scratch, err)
+		return err
 	}
 	in.closers = append(in.closers, sp)
 	img, err := converter.Open(sp, converter.OpenOptions{Format: t, NoReferences: true})
