@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -97,6 +99,28 @@ func (f *vmFlags) client() (*lifecycle.Client, error) {
 // export's internal links resolve there only).
 func inCluster(kubeconfig string) bool {
 	return kubeconfig == "" && os.Getenv("KUBECONFIG") == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+}
+
+// vmRun is what a vm subcommand does: check the flags, connect, act, and
+// print the result. A result that comes with an error (a wait that timed
+// out, a step that failed after others) is printed too, so that an
+// --output json caller sees how far it got.
+func vmRun[T any](ctx context.Context, f *vmFlags, act func(context.Context, *lifecycle.Client) (T, error), text func(io.Writer, T)) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	lc, err := f.client()
+	if err != nil {
+		return err
+	}
+	res, err := act(ctx, lc)
+	if err != nil {
+		if v := reflect.ValueOf(res); v.IsValid() && !(v.Kind() == reflect.Pointer && v.IsNil()) {
+			f.emit(os.Stdout, res, nil)
+		}
+		return err
+	}
+	return f.emit(os.Stdout, res, func(w io.Writer) { text(w, res) })
 }
 
 // emit writes v as JSON or YAML when asked, else calls text.

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -18,21 +18,13 @@ func newVMListCmd() *cobra.Command {
 		Short: "List the VMs of a namespace with their status, node and IPs",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			vms, err := lc.List(cmd.Context(), f.namespace)
-			if err != nil {
-				return err
-			}
-			if vms == nil {
-				vms = []lifecycle.VMSummary{}
-			}
-			return f.emit(os.Stdout, vms, func(w io.Writer) {
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) ([]lifecycle.VMSummary, error) {
+				vms, err := lc.List(ctx, f.namespace)
+				if vms == nil && err == nil {
+					vms = []lifecycle.VMSummary{} // [] in JSON, not null
+				}
+				return vms, err
+			}, func(w io.Writer, vms []lifecycle.VMSummary) {
 				var rows [][]string
 				for _, v := range vms {
 					ready := "False"
@@ -56,18 +48,9 @@ func newVMGetCmd() *cobra.Command {
 		Short: "Show a VM: status, node, IPs, disks and their phases",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			st, err := lc.Get(cmd.Context(), f.namespace, args[0])
-			if err != nil {
-				return err
-			}
-			return f.emit(os.Stdout, st, func(w io.Writer) { printStatus(w, st) })
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.VMStatus, error) {
+				return lc.Get(ctx, f.namespace, args[0])
+			}, printStatus)
 		},
 	}
 	f.bind(cmd, false)
@@ -94,25 +77,13 @@ spec.runStrategy (a Cozystack VM: its VMInstance's); a restart without the
 subresource API deletes the VM's instance, which KubeVirt replaces.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			o := lifecycle.PowerOptions{Namespace: f.namespace, Name: args[0], Wait: wait, Timeout: f.timeout}
-			if cmd.Flags().Changed("grace-period") {
-				o.GracePeriod = &grace
-			}
-			res, err := lc.Power(cmd.Context(), a, o)
-			if err != nil {
-				if res != nil {
-					f.emit(os.Stdout, res, nil)
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.PowerResult, error) {
+				o := lifecycle.PowerOptions{Namespace: f.namespace, Name: args[0], Wait: wait, Timeout: f.timeout}
+				if cmd.Flags().Changed("grace-period") {
+					o.GracePeriod = &grace
 				}
-				return err
-			}
-			return f.emit(os.Stdout, res, func(w io.Writer) {
+				return lc.Power(ctx, a, o)
+			}, func(w io.Writer, res *lifecycle.PowerResult) {
 				if res.Via == lifecycle.ViaNothing {
 					fmt.Fprintf(w, "vm %s/%s: nothing to do (already %s)\n", res.Namespace, res.Name, map[lifecycle.Action]string{lifecycle.ActionStart: "running", lifecycle.ActionStop: "stopped"}[a])
 				} else {
@@ -146,18 +117,9 @@ CD-ROM disks (ISOs, typically shared) are never deleted. A Cozystack VM is
 deleted through its VMInstance and VMDisks.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			res, err := lc.Delete(cmd.Context(), lifecycle.DeleteOptions{Namespace: f.namespace, Name: args[0], KeepDisks: keep})
-			if err != nil {
-				return err
-			}
-			return f.emit(os.Stdout, res, func(w io.Writer) {
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.DeleteResult, error) {
+				return lc.Delete(ctx, lifecycle.DeleteOptions{Namespace: f.namespace, Name: args[0], KeepDisks: keep})
+			}, func(w io.Writer, res *lifecycle.DeleteResult) {
 				fmt.Fprintf(w, "deleted %s\n", strings.Join(res.Deleted, ", "))
 				if len(res.Kept) > 0 {
 					fmt.Fprintf(w, "kept %s\n", strings.Join(res.Kept, ", "))
@@ -184,21 +146,9 @@ refuses a VM that is not running or has a disk that is not ReadWriteMany
 and target nodes and how long the migration took.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			res, err := lc.Migrate(cmd.Context(), lifecycle.MigrateOptions{Namespace: f.namespace, VM: args[0], Wait: wait, Timeout: f.timeout})
-			if err != nil {
-				if res != nil {
-					f.emit(os.Stdout, res, nil)
-				}
-				return err
-			}
-			return f.emit(os.Stdout, res, func(w io.Writer) {
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.MigrationResult, error) {
+				return lc.Migrate(ctx, lifecycle.MigrateOptions{Namespace: f.namespace, VM: args[0], Wait: wait, Timeout: f.timeout})
+			}, func(w io.Writer, res *lifecycle.MigrationResult) {
 				if !wait {
 					fmt.Fprintf(w, "migration %s of vm %s/%s created (from %s)\n", res.Migration, res.Namespace, res.VM, orDash(res.SourceNode))
 					return

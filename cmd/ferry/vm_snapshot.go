@@ -1,9 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -26,25 +26,14 @@ running), NoGuestAgent (filesystems not frozen: crash-consistent),
 GuestAgent (frozen: application-consistent), QuiesceFailed.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			o.Namespace, o.VM, o.Wait, o.Timeout = f.namespace, args[0], wait, f.timeout
-			in, err := lc.Snapshot(cmd.Context(), o)
-			if err != nil {
-				if in != nil {
-					f.emit(os.Stdout, in, nil)
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.SnapshotInfo, error) {
+				o.Namespace, o.VM, o.Wait, o.Timeout = f.namespace, args[0], wait, f.timeout
+				in, err := lc.Snapshot(ctx, o)
+				if err == nil && wait {
+					f.warn(in.Notes...)
 				}
-				return err
-			}
-			if wait {
-				f.warn(in.Notes...)
-			}
-			return f.emit(os.Stdout, in, func(w io.Writer) {
+				return in, err
+			}, func(w io.Writer, in *lifecycle.SnapshotInfo) {
 				state := "created"
 				if in.ReadyToUse {
 					state = "ready"
@@ -70,21 +59,13 @@ func newVMSnapshotsCmd() *cobra.Command {
 		Short: "List a VM's snapshots",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			list, err := lc.Snapshots(cmd.Context(), f.namespace, args[0])
-			if err != nil {
-				return err
-			}
-			if list == nil {
-				list = []lifecycle.SnapshotInfo{}
-			}
-			return f.emit(os.Stdout, list, func(w io.Writer) {
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) ([]lifecycle.SnapshotInfo, error) {
+				list, err := lc.Snapshots(ctx, f.namespace, args[0])
+				if list == nil && err == nil {
+					list = []lifecycle.SnapshotInfo{} // [] in JSON, not null
+				}
+				return list, err
+			}, func(w io.Writer, list []lifecycle.SnapshotInfo) {
 				var rows [][]string
 				for _, s := range list {
 					ready, created := "False", "-"
@@ -118,25 +99,13 @@ VM is refused, unless --stop, which stops it, restores, waits for the
 restore to complete and starts it again.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
 			if o.Snapshot == "" {
 				return usageError{fmt.Errorf("vm restore: --snapshot is required (see ferry vm snapshots %s)", args[0])}
 			}
-			lc, err := f.client()
-			if err != nil {
-				return err
-			}
-			o.Namespace, o.VM, o.Wait, o.Timeout = f.namespace, args[0], wait, f.timeout
-			res, err := lc.Restore(cmd.Context(), o)
-			if err != nil {
-				if res != nil {
-					f.emit(os.Stdout, res, nil)
-				}
-				return err
-			}
-			return f.emit(os.Stdout, res, func(w io.Writer) {
+			return vmRun(cmd.Context(), &f, func(ctx context.Context, lc *lifecycle.Client) (*lifecycle.RestoreResult, error) {
+				o.Namespace, o.VM, o.Wait, o.Timeout = f.namespace, args[0], wait, f.timeout
+				return lc.Restore(ctx, o)
+			}, func(w io.Writer, res *lifecycle.RestoreResult) {
 				state := "requested"
 				if res.Complete {
 					state = "complete"
