@@ -40,7 +40,7 @@ bench: deps build
 	$(GO) run ./internal/bench $(BENCH_FLAGS)
 
 fuzz:
-	./scripts/fuzz.sh $(FUZZTIME)
+	TAGS="$(TAGS)" ./scripts/fuzz.sh $(FUZZTIME)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

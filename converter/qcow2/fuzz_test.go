@@ -2,13 +2,13 @@ package qcow2
 
 import (
 	"bytes"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/hikube/ferry/converter/format"
+	"github.com/hikube/ferry/converter/format/formattest"
 )
 
 // FuzzOpen: no input may panic or hang Open, ReadAt, Extent or Info.
@@ -51,41 +51,6 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		defer img.Close()
-		size := img.Size()
-		if size < 0 {
-			t.Fatalf("negative size %d", size)
-		}
-		_ = img.Info()
-		if size > 64<<20 {
-			// Only probe the map: reading petabytes proves nothing.
-			for off, i := int64(0), 0; off < size && i < 16; i++ {
-				e, err := img.Extent(off, size-off)
-				if err != nil {
-					break
-				}
-				off += e.Length
-			}
-			return
-		}
-		buf := make([]byte, 1<<20+123)
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			n, err := img.ReadAt(buf, off)
-			if err != nil && err != io.EOF {
-				break
-			}
-			if want := min(int64(len(buf)), size-off); int64(n) != want {
-				t.Fatalf("ReadAt at %d = %d bytes, want %d", off, n, want)
-			}
-		}
-		for off := int64(0); off < size; {
-			e, err := img.Extent(off, size-off)
-			if err != nil {
-				break
-			}
-			if e.Start != off || e.Length <= 0 || e.Length > size-off {
-				t.Fatalf("Extent(%d) = %+v", off, e)
-			}
-			off += e.Length
-		}
+		formattest.Check(t, img, false)
 	})
 }

@@ -3,13 +3,13 @@ package vhd
 import (
 	"bytes"
 	"encoding/binary"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/hikube/ferry/converter/format"
+	"github.com/hikube/ferry/converter/format/formattest"
 )
 
 // fuzzSeeds are small images of every kind: hand-built ones (dynamic with
@@ -58,11 +58,6 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	return seeds
 }
 
-// fuzzBuf is reused by every exec (a worker runs them one at a time):
-// allocating it each time makes minimization, which runs thousands of
-// execs, much slower.
-var fuzzBuf = make([]byte, 1<<20+512)
-
 func FuzzOpen(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s)
@@ -75,40 +70,6 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		defer img.Close()
-		img.Info()
-		size := img.Size()
-		if size < 0 {
-			t.Fatalf("negative size %d", size)
-		}
-		if size > 64<<20 {
-			// Map it, read its ends.
-			if _, err := img.Extent(0, size); err != nil {
-				t.Fatal(err)
-			}
-			b := fuzzBuf[:1<<20]
-			img.ReadAt(b, 0)
-			img.ReadAt(b, size-int64(len(b)))
-			return
-		}
-		buf := fuzzBuf
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			n, err := img.ReadAt(buf, off)
-			if err != nil && err != io.EOF {
-				t.Fatalf("ReadAt(%d): %v", off, err)
-			}
-			if want := min(int64(len(buf)), size-off); int64(n) != want {
-				t.Fatalf("ReadAt(%d) = %d bytes, want %d", off, n, want)
-			}
-		}
-		for off := int64(0); off < size; {
-			e, err := img.Extent(off, size-off)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.Start != off || e.Length <= 0 || e.Length > size-off {
-				t.Fatalf("Extent(%d) = %+v", off, e)
-			}
-			off += e.Length
-		}
+		formattest.Check(t, img, true)
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hikube/ferry/converter/format"
+	"github.com/hikube/ferry/converter/format/formattest"
 )
 
 // VHDX structures sit at 1 MiB-aligned offsets, so a real image is
@@ -204,50 +205,8 @@ func runFuzzOne(t *testing.T, in []byte) {
 		return
 	}
 	defer img.Close()
-	_ = img.Info()
-	size := img.Size()
-	if size < 0 || size > MaxVirtualSize {
+	if size := img.Size(); size > MaxVirtualSize {
 		t.Fatalf("size %d", size)
 	}
-	// The extent map tiles the disk.
-	var zeros []format.Extent
-	for off := int64(0); off < size; {
-		e, err := img.Extent(off, size-off)
-		if err != nil {
-			t.Fatalf("Extent(%d): %v", off, err)
-		}
-		if e.Start != off || e.Length <= 0 || e.Length > size-off {
-			t.Fatalf("Extent(%d) = %+v", off, e)
-		}
-		if e.Zero && len(zeros) < 8 {
-			zeros = append(zeros, e)
-		}
-		off += e.Length
-	}
-	buf := make([]byte, 1<<20+3)
-	if size <= 64<<20 {
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			if _, err := img.ReadAt(buf, off); err != nil && err != io.EOF {
-				t.Fatalf("ReadAt(%d): %v", off, err)
-			}
-		}
-	}
-	for _, e := range zeros {
-		n := min(e.Length, int64(len(buf)))
-		if _, err := img.ReadAt(buf[:n], e.Start); err != nil && err != io.EOF {
-			t.Fatalf("ReadAt(%d): %v", e.Start, err)
-		}
-		if !allZero(buf[:n]) {
-			t.Fatalf("zero extent %+v reads data", e)
-		}
-	}
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
+	formattest.Check(t, img, true)
 }

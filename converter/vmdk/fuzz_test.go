@@ -3,13 +3,13 @@ package vmdk
 import (
 	"bytes"
 	"flag"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/hikube/ferry/converter/format"
+	"github.com/hikube/ferry/converter/format/formattest"
 )
 
 // TestMain caps the minimization of each new fuzz input at 5 s unless
@@ -91,43 +91,7 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		defer img.Close()
-		img.Info()
-		size := img.Size()
-		if size < 0 || size > 64<<20 {
-			return
-		}
-		// Walk the extent map and read what it says is data in full, and
-		// the head of each zero run: all of the disk that costs anything to
-		// read, without spending the fuzzing time clearing zeros.
-		buf := make([]byte, min(size, 1<<20+512+3))
-		for off := int64(0); off < size; {
-			e, err := img.Extent(off, size-off)
-			if err != nil {
-				break
-			}
-			if e.Start != off || e.Length <= 0 || e.Start+e.Length > size {
-				t.Fatalf("Extent(%d) = %+v", off, e)
-			}
-			end := e.Start + e.Length
-			if e.Zero {
-				end = min(end, off+4096)
-			}
-			for p := off; p < end; {
-				b := buf[:min(int64(len(buf)), end-p)]
-				n, err := img.ReadAt(b, p)
-				if err != nil && err != io.EOF {
-					break
-				}
-				if n != len(b) {
-					t.Fatalf("ReadAt(%d at %d) = %d without error", len(b), p, n)
-				}
-				if e.Zero && !bytes.Equal(b, make([]byte, len(b))) {
-					t.Fatalf("zero extent %+v reads data", e)
-				}
-				p += int64(n)
-			}
-			off += e.Length
-		}
+		formattest.Check(t, img, false)
 	})
 }
 
