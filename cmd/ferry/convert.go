@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -105,9 +104,7 @@ func runConvert(cmd *cobra.Command, src, dst string, f convertFlags) error {
 		return err
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(os.Stdout, rep)
 	}
 	if !f.quiet {
 		fmt.Fprintf(os.Stderr, "converted %s (%s, %s virtual, %s data) to %s in %.2fs\n",

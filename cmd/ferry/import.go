@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -249,9 +248,7 @@ func runImport(cmd *cobra.Command, src, target string, f importFlags) error {
 		return err
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(os.Stdout, rep)
 	}
 	if !f.quiet {
 		what := "imported"

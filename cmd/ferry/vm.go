@@ -123,13 +123,18 @@ func vmRun[T any](ctx context.Context, f *vmFlags, act func(context.Context, *li
 	return f.emit(os.Stdout, res, func(w io.Writer) { text(w, res) })
 }
 
+// printJSON writes v as indented JSON: the --output json of every command.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 // emit writes v as JSON or YAML when asked, else calls text.
 func (f *vmFlags) emit(w io.Writer, v any, text func(io.Writer)) error {
 	switch f.output {
 	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return printJSON(w, v)
 	case "yaml":
 		b, err := yaml.Marshal(v)
 		if err != nil {
