@@ -103,7 +103,30 @@ type remote struct {
 
 // blockFetcher fills buf with the bytes at off.
 type blockFetcher interface {
-	fetch(ctx context.Context, off int64, buf []byte, first io.ReadCloser) error
+	// filled, if not nil, is told how much of buf holds data each time
+	// more arrives.
+	fetch(ctx context.Context, off int64, buf []byte, first io.ReadCloser, filled func(int)) error
+}
+
+// segCRCs takes the CRC-32C of each segment of a block as soon as the
+// segment has arrived, while its bytes are in the CPU cache: the same pass
+// over the block from memory afterwards cost about 0.2 s of CPU per GB,
+// which the serial hasher lost on a 2-core machine.
+type segCRCs struct {
+	buf  []byte
+	seg  int64
+	crcs []uint32
+}
+
+func (c *segCRCs) filled(n int) {
+	for {
+		lo := int64(len(c.crcs)) * c.seg
+		hi := min(lo+c.seg, int64(len(c.buf)))
+		if lo >= hi || hi > int64(n) {
+			return
+		}
+		c.crcs = append(c.crcs, crc32.Checksum(c.buf[lo:hi], castagnoli))
+	}
 }
 
 type block struct {
@@ -247,17 +270,23 @@ func (r *remote) worker() {
 		if b == nil {
 			return
 		}
-		err := r.fetch.fetch(r.ctx, int64(b.idx)*r.bs, b.data, first)
+		var sc *segCRCs
+		var filled func(int)
+		if !b.refetch {
+			// The CRCs are taken here, in parallel, rather than by the
+			// hasher, the one serial stage.
+			sc = &segCRCs{buf: b.data, seg: r.seg, crcs: make([]uint32, 0, (int64(len(b.data))+r.seg-1)/r.seg)}
+			filled = sc.filled
+		}
+		err := r.fetch.fetch(r.ctx, int64(b.idx)*r.bs, b.data, first, filled)
 		if err == nil && b.refetch {
 			err = r.checkCRC(int64(b.idx)*r.bs, b.data)
 		}
-		if err == nil && !b.refetch {
-			// The CRCs are taken here, in parallel, rather than by the
-			// hasher, the one serial stage.
-			b.crcs = make([]uint32, 0, (int64(len(b.data))+r.seg-1)/r.seg)
-			for o := int64(0); o < int64(len(b.data)); o += r.seg {
-				b.crcs = append(b.crcs, crc32.Checksum(b.data[o:min(o+r.seg, int64(len(b.data)))], castagnoli))
+		if err == nil && sc != nil {
+			if len(sc.crcs) != cap(sc.crcs) {
+				err = fmt.Errorf("fetch %s: internal error: block %d filled without all its CRCs", r.name, b.idx)
 			}
+			b.crcs = sc.crcs
 		}
 		r.mu.Lock()
 		if err != nil {
@@ -840,7 +869,7 @@ func (r *remote) readMeta(dst []byte, off int64, align int64) error {
 	r.nMeta++
 	r.nMetaBytes += hi - lo
 	r.mu.Unlock()
-	err := r.fetch.fetch(r.ctx, lo, buf, nil)
+	err := r.fetch.fetch(r.ctx, lo, buf, nil, nil)
 	if err == nil && align == r.seg {
 		err = r.checkCRC(lo, buf)
 	}

@@ -119,6 +119,48 @@ func TestCompleteWithoutReads(t *testing.T) {
 	}
 }
 
+// Bytes fetched again after they were hashed and evicted (a format reader
+// going back to a table) are checked against the CRCs taken as they first
+// arrived: unchanged, they are served; changed on a server that gives no
+// validator to pin, the read fails instead of returning bytes the checksum
+// never saw.
+func TestRefetchChecked(t *testing.T) {
+	const size = 12<<20 + 999
+	for _, read := range []struct {
+		name   string
+		off, n int64
+	}{
+		{"small read", 700<<10 + 13, 4000},       // a few segments again
+		{"large read", 1 << 20, 1<<20 + 512<<10}, // whole blocks again
+	} {
+		t.Run(read.name, func(t *testing.T) {
+			srv, url, data := serve(t, size)
+			srv.Fault("/disk.img", httpserver.Fault{NoValidators: true, IgnoreConditions: true})
+			o := testOptions()
+			o.CacheSize = 3 << 20 // six blocks: the first half is evicted by the end
+			s := mustOpen(t, url, o)
+			defer s.Close()
+			equalBytes(t, readAllInOrder(t, s, 2, 1<<20), data)
+			served := srv.BytesServed()
+
+			buf := make([]byte, read.n)
+			if _, err := s.ReadAt(buf, read.off); err != nil {
+				t.Fatalf("read again: %v", err)
+			}
+			equalBytes(t, buf, data[read.off:read.off+read.n])
+			if srv.BytesServed() == served {
+				t.Fatal("nothing fetched again: the test does not exercise re-fetching")
+			}
+
+			srv.Fault("/disk.img", httpserver.Fault{Change: true})
+			_, err := s.ReadAt(buf, read.off+2<<20)
+			if !errors.Is(err, ErrSourceChanged) || !strings.Contains(err.Error(), "differ from when they were first read") {
+				t.Fatalf("read of changed bytes: %v, want ErrSourceChanged", err)
+			}
+		})
+	}
+}
+
 // Cancelling the context stops everything promptly.
 func TestCancel(t *testing.T) {
 	srv, url, _ := serve(t, 8<<20)

@@ -48,20 +48,18 @@ var errShort = errors.New("unexpected EOF: body ended early")
 
 // fetch fills buf with the bytes at off. first, if not nil, is an already
 // open body for that range (the probe request's); it is consumed first.
-func (f *fetcher) fetch(ctx context.Context, off int64, buf []byte, first io.ReadCloser) error {
+// filled, if not nil, is told how much of buf holds data each time more
+// arrives, while those bytes are still in the CPU cache.
+func (f *fetcher) fetch(ctx context.Context, off int64, buf []byte, first io.ReadCloser, filled func(int)) error {
 	done := 0
 	attempt := 0
 	for {
 		var err error
 		if first != nil {
-			var n int
-			n, err = f.readBody(first, buf)
-			done += n
+			done, err = f.readBody(first, buf, done, filled)
 			first = nil
 		} else {
-			var n int
-			n, err = f.once(ctx, off+int64(done), buf[done:])
-			done += n
+			done, err = f.once(ctx, off, buf, done, filled)
 		}
 		if err == nil {
 			return nil
@@ -88,24 +86,25 @@ func (f *fetcher) fetch(ctx context.Context, off int64, buf []byte, first io.Rea
 	}
 }
 
-// once makes one request for [off, off+len(buf)) and reads what it can.
-func (f *fetcher) once(ctx context.Context, off int64, buf []byte) (int, error) {
+// once makes one request for the rest of buf, [off+done, off+len(buf)),
+// and reads what it can; it returns how much of buf is filled.
+func (f *fetcher) once(ctx context.Context, off int64, buf []byte, done int, filled func(int)) (int, error) {
 	if f.onAttempt != nil {
 		f.onAttempt()
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	wd := newWatchdog(f.stall, cancel)
 	f.st.requests.Add(1)
-	body, err := f.be.openRange(rctx, off, int64(len(buf)))
+	body, err := f.be.openRange(rctx, off+int64(done), int64(len(buf)-done))
 	if err != nil {
 		wd.stop()
 		if wd.fired.Load() && ctx.Err() == nil {
-			return 0, fmt.Errorf("%w (no response in %v)", errStalled, f.stall)
+			return done, fmt.Errorf("%w (no response in %v)", errStalled, f.stall)
 		}
-		return 0, err
+		return done, err
 	}
 	wd.rc = body
-	return f.readBody(wd, buf)
+	return f.readBody(wd, buf, done, filled)
 }
 
 var errStalled = errors.New("transfer stalled")
@@ -154,16 +153,19 @@ func (w *watchdog) Close() error {
 	return err
 }
 
-// readBody reads body into buf until full, counting bytes, and closes it.
-func (f *fetcher) readBody(body io.ReadCloser, buf []byte) (int, error) {
+// readBody reads body into buf[done:] until buf is full, counting bytes,
+// and closes it; it returns how much of buf is filled.
+func (f *fetcher) readBody(body io.ReadCloser, buf []byte, done int, filled func(int)) (int, error) {
 	defer body.Close()
-	done := 0
 	for done < len(buf) {
 		// Read in pieces so the watchdog sees progress.
 		end := min(len(buf), done+1<<20)
 		n, err := body.Read(buf[done:end])
 		done += n
 		f.st.bytes.Add(int64(n))
+		if n > 0 && filled != nil {
+			filled(done)
+		}
 		if err == io.EOF {
 			if done < len(buf) {
 				return done, errShort

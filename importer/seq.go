@@ -97,13 +97,16 @@ func (s *seqFetcher) reopen(ctx context.Context) error {
 
 // fetch fills buf with the bytes at off, which must be where the stream
 // is.
-func (s *seqFetcher) fetch(ctx context.Context, off int64, buf []byte, _ io.ReadCloser) error {
+func (s *seqFetcher) fetch(ctx context.Context, off int64, buf []byte, _ io.ReadCloser, filled func(int)) error {
 	if off != s.pos {
 		return fmt.Errorf("fetch %s: internal error: sequential read at %d, stream at %d", s.be, off, s.pos)
 	}
 	for done := 0; done < len(buf); {
 		n, err := s.read(ctx, buf[done:])
 		done += n
+		if n > 0 && filled != nil {
+			filled(done)
+		}
 		if done == len(buf) {
 			return nil
 		}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -54,6 +55,13 @@ var blockingStdin *os.File
 
 func run(args []string) int {
 	pollableStdin()
+	// FERRY_CPUPROFILE=FILE: a CPU profile of the whole run, for `make
+	// bench` investigations (go tool pprof bin/ferry FILE).
+	if p := os.Getenv("FERRY_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// First Ctrl-C (or SIGTERM, as Kubernetes sends): cancel, let the

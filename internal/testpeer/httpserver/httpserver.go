@@ -292,6 +292,27 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// ReadFrom hands the body to the connection (sendfile for a file, as
+// nginx would) when no fault has to see the bytes: on this 2-core machine
+// a server copying through user space takes CPU from the clients it is
+// measured against.
+func (w *countingWriter) ReadFrom(src io.Reader) (int64, error) {
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	if !ok || w.f.Drop || w.f.Stall || w.f.Rate > 0 {
+		return io.Copy(writerOnly{w}, src)
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := rf.ReadFrom(src)
+	w.n += n
+	w.h.bytes.Add(n)
+	return n, err
+}
+
+// writerOnly hides ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
+
 func (w *countingWriter) Flush() {
 	if fl, ok := w.ResponseWriter.(http.Flusher); ok {
 		fl.Flush()
