@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 
@@ -32,7 +33,24 @@ const (
 var version = "dev"
 
 func main() {
+	oneMoreProc()
 	os.Exit(run(os.Args[1:]))
+}
+
+// oneMoreProc runs one more P than the runtime's default (CPUs, or the
+// cgroup's limit), unless GOMAXPROCS is set. File and device targets are
+// written by several O_DIRECT writers whose pwrite blocks about a
+// millisecond while holding its P, and sysmon, polling slowly when it has
+// little to retake, rarely hands such a P over. In a runtime trace of a
+// 3 GB qcow2 converted over HTTP on 2 CPUs, the source hasher (the one
+// serial stage) waited runnable 1.15 s of a 4 s run, 0.62 s of it with no
+// goroutine running and both Ps held in syscalls; with one more P it
+// waited 0.12 s and the run took about 9 % less time (bench corpus,
+// medians of 6; other formats within ±3 %).
+func oneMoreProc() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+	}
 }
 
 // pollableStdin makes a piped stdin non-blocking and pollable, so that
