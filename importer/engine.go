@@ -109,9 +109,9 @@ type blockFetcher interface {
 }
 
 // segCRCs takes the CRC-32C of each segment of a block as soon as the
-// segment has arrived, while its bytes are in the CPU cache: the same pass
-// over the block from memory afterwards cost about 0.2 s of CPU per GB,
-// which the serial hasher lost on a 2-core machine.
+// segment has arrived, while its bytes are in the CPU cache: 0.13 s of CPU
+// per GB here, against 0.20 s for a pass over the block from memory once
+// it is complete; on 2 cores that CPU is shared with the serial hasher.
 type segCRCs struct {
 	buf  []byte
 	seg  int64
