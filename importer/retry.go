@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -196,8 +197,10 @@ func (f *fetcher) backoff(attempt int, err error) time.Duration {
 
 // parseRetryAfter reads delay-seconds or an HTTP date.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second, true
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil && s >= 0 {
+		// A huge value saturates (the caller caps the delay) rather than
+		// overflowing into a negative one that would retry at once.
+		return time.Duration(min(s, int64(math.MaxInt64/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return max(t.Sub(now), 0), true
