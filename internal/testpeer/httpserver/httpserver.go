@@ -474,6 +474,15 @@ func (s stallPanics) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom keeps the contract for the copy ServeContent hands over whole.
+func (s stallPanics) ReadFrom(src io.Reader) (int64, error) {
+	n, err := s.countingWriter.ReadFrom(src)
+	if err == errStalled {
+		panic(errStalled)
+	}
+	return n, err
+}
+
 func secureEq(a, b string) bool {
 	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
